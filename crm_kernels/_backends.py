@@ -1,0 +1,96 @@
+"""Which implementation runs an op: the registry, availability, and "auto".
+
+- "torch":  the eager reference (crm_kernels.reference), any device; autograd through torch.
+- "cpu":    the C++ kernels of csrc/cpu, CPU tensors; needs the built extension crm_kernels._C.
+- "triton": the Triton kernels of crm_kernels/triton, CUDA tensors (CPU tensors only under
+            TRITON_INTERPRET=1, for testing).
+- "cuda":   the CUDA kernels of csrc/cuda, CUDA tensors; needs the extension built with CUDA.
+
+Each compiled backend provides the same four functions (log_survival_forward/backward,
+crm_loss_forward/backward); crm_kernels._library calls them from the torch.library ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("torch", "cpu", "triton", "cuda")
+
+
+@functools.cache
+def _extension_error() -> str | None:
+    try:
+        import crm_kernels._C  # noqa: F401  (registers torch.ops.crm_kernels_C)
+    except ImportError as error:
+        return f"the C++ extension is not built ({error}); run `make build` or `pip install .`"
+    return None
+
+
+def _has_compiled_kernel(dispatch_key: str) -> bool:
+    return _extension_error() is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "crm_kernels_C::crm_loss_forward", dispatch_key
+    )
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def is_available(backend: str, device: torch.device) -> bool:
+    device = torch.device(device)
+    if backend == "torch":
+        return True
+    if backend == "cpu":
+        return device.type == "cpu" and _has_compiled_kernel("CPU")
+    if backend == "cuda":
+        return device.type == "cuda" and _has_compiled_kernel("CUDA")
+    if backend == "triton":
+        return _triton_runs_on(device)
+    return False
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """The backends that can run on `device` (default: CUDA if present, else CPU), fastest first
+    as "auto" picks them."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "triton", "torch")
+    return [name for name in order if is_available(name, device)]
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The backend to run for tensors on `device`: "auto" is the first available one."""
+    available = available_backends(device)
+    if backend == "auto":
+        return available[0]
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}; available on {device}: {available}")
+    if backend not in available:
+        reason = f" ({_extension_error()})" if backend in ("cpu", "cuda") and _extension_error() else ""
+        raise ValueError(f"backend {backend!r} is not available for tensors on {device}{reason}; available: {available}")
+    return backend
+
+
+class _CompiledKernels:
+    """The C++/CUDA kernels, behind the same names as the Triton module."""
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.crm_kernels_C, name)
+
+
+def kernels(backend: str):
+    """The module of kernel functions for a compiled backend ("cpu", "cuda" or "triton")."""
+    if backend == "triton":
+        from crm_kernels import triton as triton_kernels
+
+        return triton_kernels
+    return _CompiledKernels()

@@ -1,0 +1,137 @@
+"""Input checks of SPEC section 5: one function per argument kind.
+
+`check_*` look at metadata only (rank, dtype, device, length), cost no device sync and always run.
+`check_values` reads the offsets and labels (one device sync) and runs unless validate=False; the
+ops call it inside their implementation, so it also runs under torch.compile without a graph break.
+Messages name the argument and, for values, the first offending position.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+OFFSET_DTYPES = (torch.int32, torch.int64)
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _tensor(value, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _one_dim(value: torch.Tensor, name: str, length: int | None = None, length_name: str = "") -> None:
+    if value.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(value.shape)}")
+    if length is not None and value.numel() != length:
+        raise ValueError(f"{name} must have {length_name} = {length} entries, got {value.numel()}")
+
+
+def _same_device(value: torch.Tensor, name: str, logits: torch.Tensor) -> None:
+    if value.device != logits.device:
+        raise ValueError(f"{name} is on {value.device} but logits is on {logits.device}")
+
+
+def check_logits(logits) -> torch.Tensor:
+    _tensor(logits, "logits")
+    if logits.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
+    _one_dim(logits, "logits")
+    return logits
+
+
+def check_cu_steps(cu_steps, logits: torch.Tensor) -> int:
+    """Returns B, the number of trajectories."""
+    _tensor(cu_steps, "cu_steps")
+    if cu_steps.dtype not in OFFSET_DTYPES:
+        raise TypeError(f"cu_steps must be int32 or int64, got {cu_steps.dtype}")
+    _one_dim(cu_steps, "cu_steps")
+    if cu_steps.numel() == 0:
+        raise ValueError("cu_steps must have B + 1 >= 1 entries (cu_steps[0] == 0), got an empty tensor")
+    _same_device(cu_steps, "cu_steps", logits)
+    return cu_steps.numel() - 1
+
+
+def check_outcome(outcome, batch: int, logits: torch.Tensor) -> torch.Tensor:
+    _tensor(outcome, "outcome")
+    if outcome.dtype != torch.bool and outcome.dtype not in INTEGER_DTYPES:
+        raise TypeError(f"outcome must be bool or an integer tensor of 0/1, got {outcome.dtype}")
+    _one_dim(outcome, "outcome", batch, "B (len(cu_steps) - 1)")
+    _same_device(outcome, "outcome", logits)
+    return outcome
+
+
+def check_first_error(first_error, batch: int, logits: torch.Tensor):
+    if first_error is None:
+        return None
+    _tensor(first_error, "first_error")
+    if first_error.dtype not in OFFSET_DTYPES:
+        raise TypeError(f"first_error must be int32 or int64, got {first_error.dtype}")
+    _one_dim(first_error, "first_error", batch, "B (len(cu_steps) - 1)")
+    _same_device(first_error, "first_error", logits)
+    return first_error
+
+
+def check_weights(weights) -> tuple[float, float, float]:
+    try:
+        w_survive, w_wrong, w_first_error = (float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise TypeError(f"weights must be three numbers (w_S, w_W, w_z), got {weights!r}") from None
+    return w_survive, w_wrong, w_first_error
+
+
+def check_reduction(reduction: str, normalizer) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if normalizer is not None and reduction == "none":
+        raise ValueError("normalizer divides a reduced loss: it needs reduction='mean' or 'sum', not 'none'")
+
+
+def _first(mask: torch.Tensor) -> int:
+    return int(mask.nonzero()[0, 0])
+
+
+def _entry(name: str, values: torch.Tensor, bad: torch.Tensor, lengths=None) -> str:
+    i = _first(bad)
+    text = f"{name}[{i}] = {values[i].item()}"
+    return text if lengths is None else f"{text}, n_{i} = {int(lengths[i])}"
+
+
+def check_values(logits: torch.Tensor, cu_steps: torch.Tensor, outcome=None, first_error=None) -> None:
+    """The value rules of SPEC 5. Every rule is evaluated on the device and fetched in one sync;
+    a rule's `locate`, which finds the first offending position, runs only when it fails."""
+    num_steps = logits.numel()
+    lengths = cu_steps[1:] - cu_steps[:-1]
+
+    def decreasing():
+        i = _first(lengths < 0)
+        return f"cu_steps[{i + 1}] = {int(cu_steps[i + 1])} < cu_steps[{i}] = {int(cu_steps[i])}"
+
+    rules = [
+        ("cu_steps[0] must be 0", cu_steps[0] != 0, lambda: f"got {int(cu_steps[0])}"),
+        ("cu_steps must be non-decreasing", (lengths < 0).any(), decreasing),
+        (f"cu_steps[-1] must equal len(logits) = {num_steps}", cu_steps[-1] != num_steps,
+         lambda: f"got {int(cu_steps[-1])}"),
+    ]  # fmt: skip
+    if outcome is not None:
+        not_binary = (outcome != 0) & (outcome != 1)
+        empty_flawed = (outcome == 0) & (lengths == 0)
+        rules += [
+            ("outcome must be 0 or 1", not_binary.any(), lambda: _entry("outcome", outcome, not_binary)),
+            ("a flawed trajectory (outcome 0) has no L_W when it is empty", empty_flawed.any(),
+             lambda: f"trajectory {_first(empty_flawed)} has outcome 0 and no steps"),
+        ]  # fmt: skip
+        if first_error is not None:
+            out_of_range = (first_error < -1) | (first_error >= lengths)
+            on_correct = (outcome != 0) & (first_error != -1)
+            rules += [
+                ("first_error must be in [-1, n_i)", out_of_range.any(),
+                 lambda: _entry("first_error", first_error, out_of_range, lengths)),
+                ("first_error must be -1 on a correct trajectory (outcome 1)", on_correct.any(),
+                 lambda: _entry("first_error", first_error, on_correct)),
+            ]  # fmt: skip
+    failed = torch.stack([bad.reshape(()) for _, bad, _ in rules]).tolist()
+    for (message, _, locate), bad in zip(rules, failed):
+        if bad:
+            raise ValueError(f"{message}: {locate()}")

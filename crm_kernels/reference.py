@@ -1,0 +1,144 @@
+"""Eager PyTorch versions of the CRM ops: the test oracle and the benchmark baselines.
+
+Two shapes of the same math (SPEC sections 1, 3, 4):
+
+- `*_loop`: one trajectory at a time, the way research code is usually written;
+- `*_padded`: the packed batch scattered into a [B, max_len] matrix with a mask, the vectorised
+  way most PRM code works. `crm_loss_from_padded` is that code on already-padded inputs.
+
+Both accumulate in float32 (float64 for float64 logits) and use the softplus, log1mexp and clamp
+forms of SPEC 4, so run on float64 inputs they are the float64 math the kernels are tested
+against. Their gradients come from autograd, independently of the kernels' hand-written backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MAX_LOG_SURVIVAL = -1.17549435e-38  # float32's smallest normal (SPEC 4)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^a) for a < 0. Each branch is fed only its own range so that the branch not taken
+    cannot put inf into the gradient of torch.where."""
+    neg_ln2 = -math.log(2.0)
+    near_zero = a > neg_ln2
+    return torch.where(
+        near_zero,
+        torch.log(-torch.expm1(a.clamp(min=neg_ln2))),
+        torch.log1p(-torch.exp(a.clamp(max=neg_ln2))),
+    )
+
+
+def flawed_loss(log_survival_total: torch.Tensor) -> torch.Tensor:
+    """L_W = -log(1 - S(T)), with log S(T) clamped below 0 (SPEC 4)."""
+    return -log1mexp(log_survival_total.clamp(max=MAX_LOG_SURVIVAL))
+
+
+def combine_losses(survive_nll, first_error_nll, outcome, first_error, weights):
+    """l_i of SPEC 3 from L_S = -log S(T) and L_z, per trajectory."""
+    w_survive, w_wrong, w_first_error = weights
+    flawed = w_wrong * flawed_loss(-survive_nll)
+    if first_error is not None:
+        flawed = flawed + torch.where(first_error >= 0, w_first_error * first_error_nll, 0.0)
+    return torch.where(outcome.bool(), w_survive * survive_nll, flawed)
+
+
+def reduce_losses(losses: torch.Tensor, reduction: str, normalizer=None) -> torch.Tensor:
+    """"none": the [B] vector; "sum"; "mean": the sum over B, or over `normalizer` when given
+    (data-parallel ranks pass the global count so that their sums add up to the global mean)."""
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    if normalizer is not None:
+        return total / normalizer
+    return total if reduction == "sum" else total / losses.numel()
+
+
+# ---- padded / masked -------------------------------------------------------------------------
+
+
+def pad(logits: torch.Tensor, cu_steps: torch.Tensor, max_len: int | None = None):
+    """Packed [N] -> (padded [B, max_len] filled with 0, mask [B, max_len]). Reads max_len from
+    the offsets (a device sync) unless given."""
+    lengths = cu_steps[1:] - cu_steps[:-1]
+    if max_len is None:
+        max_len = int(lengths.max()) if lengths.numel() else 0
+    positions = torch.arange(max_len, device=logits.device)
+    mask = positions < lengths[:, None]
+    padded = logits.new_zeros(lengths.numel(), max_len)
+    padded[mask] = logits
+    return padded, mask
+
+
+def log_survival_from_padded(padded_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    x = padded_logits.to(accumulate_dtype(padded_logits.dtype))
+    return -torch.cumsum(torch.where(mask, F.softplus(x), 0.0), dim=1)
+
+
+def crm_loss_from_padded(padded_logits, mask, outcome, first_error=None, weights=(1.0, 1.0, 1.0), reduction="mean",
+                         normalizer=None):  # fmt: skip
+    x = padded_logits.to(accumulate_dtype(padded_logits.dtype))
+    softplus = torch.where(mask, F.softplus(x), 0.0)
+    survive_nll = softplus.sum(dim=1)
+    first_error_nll = None
+    if first_error is not None:
+        positions = torch.arange(x.shape[1], device=x.device)
+        z = first_error[:, None]
+        first_error_nll = torch.where(positions < z, softplus, 0.0).sum(dim=1) + torch.where(
+            positions == z, F.softplus(-x), 0.0
+        ).sum(dim=1)
+    losses = combine_losses(survive_nll, first_error_nll, outcome, first_error, weights)
+    return reduce_losses(losses, reduction, normalizer)
+
+
+def log_survival_padded(logits: torch.Tensor, cu_steps: torch.Tensor) -> torch.Tensor:
+    padded, mask = pad(logits, cu_steps)
+    return log_survival_from_padded(padded, mask)[mask]
+
+
+def crm_loss_padded(logits, cu_steps, outcome, first_error=None, weights=(1.0, 1.0, 1.0), reduction="mean",
+                    normalizer=None):  # fmt: skip
+    padded, mask = pad(logits, cu_steps)
+    return crm_loss_from_padded(padded, mask, outcome, first_error, weights, reduction, normalizer)
+
+
+# ---- per-trajectory loop ---------------------------------------------------------------------
+
+
+def log_survival_loop(logits: torch.Tensor, cu_steps: torch.Tensor) -> torch.Tensor:
+    x = logits.to(accumulate_dtype(logits.dtype))
+    bounds = cu_steps.tolist()
+    pieces = [-torch.cumsum(F.softplus(x[start:end]), 0) for start, end in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(pieces) if pieces else x.new_zeros(0)
+
+
+def crm_loss_loop(logits, cu_steps, outcome, first_error=None, weights=(1.0, 1.0, 1.0), reduction="mean",
+                  normalizer=None):  # fmt: skip
+    w_survive, w_wrong, w_first_error = weights
+    x = logits.to(accumulate_dtype(logits.dtype))
+    bounds = cu_steps.tolist()
+    correct = outcome.tolist()
+    known = first_error.tolist() if first_error is not None else [-1] * len(correct)
+    losses = []
+    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        steps = x[start:end]
+        log_survival_total = -F.softplus(steps).sum()
+        if correct[i]:
+            losses.append(-w_survive * log_survival_total)
+            continue
+        loss = w_wrong * flawed_loss(log_survival_total)
+        z = known[i]
+        if z >= 0:
+            loss = loss + w_first_error * (F.softplus(steps[:z]).sum() + F.softplus(-steps[z]))
+        losses.append(loss)
+    stacked = torch.stack(losses) if losses else x.new_zeros(0)
+    return reduce_losses(stacked, reduction, normalizer)

@@ -1,0 +1,177 @@
+// crm_loss on the CPU: the per-trajectory loss l_i of SPEC 3 (L_S, L_W, L_z) in one pass over the
+// steps, and its gradient with respect to the logits in one more.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "crm_math.h"
+#include "sweep.h"
+#include "vec_math.h"
+
+namespace crm::cpu {
+namespace {
+
+// The per-trajectory labels, read as bool and int64 whatever integer type they came in.
+struct Labels {
+  const bool* correct;
+  const int64_t* first_error;  // nullptr: unknown for every trajectory
+  int64_t first_error_of(int64_t b) const { return first_error ? first_error[b] : -1; }
+};
+
+template <typename scalar_t, typename index_t>
+void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, int64_t num_trajectories,
+                             int64_t num_steps, Labels labels, LossWeights weights, at::opmath_type<scalar_t>* losses,
+                             at::opmath_type<scalar_t>* log_survival_total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  struct LossSums {
+    const scalar_t* logits;
+    const index_t* cu_steps;
+    Labels labels;
+    LossWeights weights;
+    acc_t* losses;
+    acc_t* log_survival_total;
+    acc_t softplus_sum = 0, first_error_nll = 0;
+    int64_t first_error_step = -1;  // absolute index of z in the packed batch, -1 if none
+    void begin(int64_t b) {
+      softplus_sum = first_error_nll = 0;
+      const int64_t z = labels.first_error_of(b);
+      first_error_step = z >= 0 ? static_cast<int64_t>(cu_steps[b]) + z : -1;
+    }
+    void piece(int64_t, int64_t lo, int64_t hi, const acc_t* softplus_values) {
+      for (int64_t t = lo; t < hi; ++t) {
+        if (t == first_error_step) {
+          // L_z = -log h_z - sum_{t<z} log(1 - h_t), from the running sum before step z is added.
+          const acc_t x = static_cast<acc_t>(logits[t]);
+          first_error_nll = softplus_sum + softplus_neg(x, softplus_tail(x));
+        }
+        softplus_sum += softplus_values[t - lo];
+      }
+    }
+    void end(int64_t b) {
+      losses[b] = trajectory_loss(softplus_sum, first_error_nll, labels.correct[b], first_error_step >= 0, weights);
+      log_survival_total[b] = -softplus_sum;
+    }
+  };
+  auto softplus_block = [&](int64_t first, int64_t count, acc_t* values) {
+    transform_block(logits + first, count, values, [](const Vec& x) { return softplus(x); });
+  };
+  parallel_for_trajectories(cu_steps, num_trajectories, num_steps, [&](int64_t b_begin, int64_t b_end) {
+    LossSums visitor{logits, cu_steps, labels, weights, losses, log_survival_total};
+    sweep<false, index_t, acc_t>(cu_steps, b_begin, b_end, num_steps, softplus_block, visitor);
+  });
+}
+
+template <typename scalar_t, typename index_t>
+void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, const scalar_t* logits,
+                              const index_t* cu_steps, int64_t num_trajectories, int64_t num_steps, Labels labels,
+                              const at::opmath_type<scalar_t>* log_survival_total, LossWeights weights,
+                              scalar_t* grad_logits) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  struct LossGrad {
+    const scalar_t* logits;
+    const index_t* cu_steps;
+    Labels labels;
+    const acc_t* grad_losses;
+    const acc_t* log_survival_total;
+    LossWeights weights;
+    scalar_t* grad_logits;
+    acc_t coef = 0, first_error_grad = 0;  // dl/dx_t = h_t * (coef + [t < z] first_error_grad), except at z
+    int64_t first_error_step = -1;
+    void begin(int64_t b) {
+      const int64_t z = labels.first_error_of(b);
+      first_error_step = z >= 0 ? static_cast<int64_t>(cu_steps[b]) + z : -1;
+      coef = grad_losses[b] * trajectory_grad_coef(log_survival_total[b], labels.correct[b], weights);
+      first_error_grad = first_error_step >= 0 ? grad_losses[b] * acc_t(weights.first_error) : acc_t(0);
+    }
+    void piece(int64_t, int64_t lo, int64_t hi, const acc_t* hazards) {
+      const int64_t z = std::clamp(first_error_step, lo, hi);  // this piece's steps before z are [lo, z)
+      const acc_t before_z = coef + first_error_grad;
+      for (int64_t t = lo; t < z; ++t) grad_logits[t] = static_cast<scalar_t>(before_z * hazards[t - lo]);
+      for (int64_t t = z; t < hi; ++t) grad_logits[t] = static_cast<scalar_t>(coef * hazards[t - lo]);
+      if (first_error_step >= lo && first_error_step < hi) {
+        const acc_t x = static_cast<acc_t>(logits[first_error_step]);
+        grad_logits[first_error_step] =
+            static_cast<scalar_t>(coef * hazards[first_error_step - lo] - first_error_grad * sigmoid(-x));
+      }
+    }
+    void end(int64_t) {}
+  };
+  auto hazard_block = [&](int64_t first, int64_t count, acc_t* values) {
+    transform_block(logits + first, count, values, [](const Vec& x) { return sigmoid(x); });
+  };
+  parallel_for_trajectories(cu_steps, num_trajectories, num_steps, [&](int64_t b_begin, int64_t b_end) {
+    LossGrad visitor{logits, cu_steps, labels, grad_losses, log_survival_total, weights, grad_logits};
+    sweep<false, index_t, acc_t>(cu_steps, b_begin, b_end, num_steps, hazard_block, visitor);
+  });
+}
+
+struct LabelTensors {
+  at::Tensor correct, first_error;
+  LabelTensors(const at::Tensor& outcome, const std::optional<at::Tensor>& first_error_in)
+      : correct(outcome.to(at::kBool).contiguous()),
+        first_error(first_error_in ? first_error_in->to(at::kLong).contiguous() : at::Tensor()) {}
+  Labels labels() const {
+    return {correct.const_data_ptr<bool>(), first_error.defined() ? first_error.const_data_ptr<int64_t>() : nullptr};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> crm_loss_forward(const at::Tensor& logits_in, const at::Tensor& cu_steps_in,
+                                                    const at::Tensor& outcome,
+                                                    const std::optional<at::Tensor>& first_error, double w_survive,
+                                                    double w_wrong, double w_first_error) {
+  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
+  const LabelTensors labels(outcome, first_error);
+  const int64_t batch = num_trajectories(cu_steps);
+  TORCH_CHECK(labels.correct.numel() >= batch && (!labels.first_error.defined() || labels.first_error.numel() >= batch),
+              "crm_loss: outcome and first_error need one entry per trajectory");
+  const auto acc_options = logits.options().dtype(accumulate_type(logits));
+  at::Tensor losses = at::empty({batch}, acc_options), log_survival_total = at::empty({batch}, acc_options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_forward", [&] {
+    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "crm_loss_forward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      crm_loss_forward_kernel<scalar_t, index_t>(
+          logits.const_data_ptr<scalar_t>(), cu_steps.const_data_ptr<index_t>(), batch, logits.numel(),
+          labels.labels(), LossWeights{w_survive, w_wrong, w_first_error}, losses.mutable_data_ptr<acc_t>(),
+          log_survival_total.mutable_data_ptr<acc_t>());
+    });
+  });
+  return {losses, log_survival_total};
+}
+
+at::Tensor crm_loss_backward(const at::Tensor& grad_losses_in, const at::Tensor& logits_in,
+                             const at::Tensor& cu_steps_in, const at::Tensor& outcome,
+                             const std::optional<at::Tensor>& first_error, const at::Tensor& log_survival_total_in,
+                             double w_survive, double w_wrong, double w_first_error) {
+  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
+  const LabelTensors labels(outcome, first_error);
+  const int64_t batch = num_trajectories(cu_steps);
+  const auto acc_type = accumulate_type(logits);
+  const at::Tensor grad_losses = grad_losses_in.to(acc_type).contiguous();
+  const at::Tensor log_survival_total = log_survival_total_in.to(acc_type).contiguous();
+  TORCH_CHECK(grad_losses.numel() >= batch && log_survival_total.numel() >= batch,
+              "crm_loss_backward: per-trajectory inputs are shorter than the batch");
+  at::Tensor grad_logits = at::empty_like(logits);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_backward", [&] {
+    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "crm_loss_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      crm_loss_backward_kernel<scalar_t, index_t>(
+          grad_losses.const_data_ptr<acc_t>(), logits.const_data_ptr<scalar_t>(), cu_steps.const_data_ptr<index_t>(),
+          batch, logits.numel(), labels.labels(), log_survival_total.const_data_ptr<acc_t>(),
+          LossWeights{w_survive, w_wrong, w_first_error}, grad_logits.mutable_data_ptr<scalar_t>());
+    });
+  });
+  return grad_logits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(crm_kernels_C, CPU, m) {
+  m.impl("crm_loss_forward", &crm_loss_forward);
+  m.impl("crm_loss_backward", &crm_loss_backward);
+}
+
+}  // namespace crm::cpu

@@ -1,0 +1,118 @@
+// How the CPU kernels walk a packed batch (SPEC 2).
+//
+// Work is split into contiguous ranges of whole trajectories holding about the same number of
+// steps, so a few long trajectories among many short ones do not leave a thread idle. A trajectory
+// is never split: each is accumulated in step order by one thread, so results are bitwise the same
+// for any thread count.
+//
+// Within a range the steps are visited in fixed-size blocks: an elementwise transform (softplus,
+// sigmoid) runs over the whole block with SIMD, whatever the trajectory boundaries, and then a
+// visitor walks the trajectory pieces that lie in the block. Short trajectories therefore cost no
+// partial vectors. Offsets are clamped to [0, N] before use, so no input, validated or not, makes a
+// kernel read or write out of bounds.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+namespace crm::cpu {
+
+// Scans and losses accumulate in float32, or float64 for float64 logits (SPEC 4).
+inline at::ScalarType accumulate_type(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline int64_t num_trajectories(const at::Tensor& cu_steps) { return std::max<int64_t>(cu_steps.numel() - 1, 0); }
+
+constexpr int64_t kBlockSteps = 1024;
+// Below this many steps per range, threading costs more than it saves.
+constexpr int64_t kMinStepsPerRange = 16384;
+
+template <typename index_t, typename RangeFn>
+void parallel_for_trajectories(const index_t* cu_steps, int64_t num_trajectories, int64_t num_steps,
+                               const RangeFn& range_fn) {
+  if (num_trajectories == 0) return;
+  const int64_t num_ranges = std::clamp<int64_t>(num_steps / kMinStepsPerRange, 1, 4 * at::get_num_threads());
+  // First trajectory of range r: the first whose start offset reaches r/num_ranges of the steps.
+  auto range_begin = [&](int64_t r) -> int64_t {
+    if (r == 0) return 0;
+    if (r == num_ranges) return num_trajectories;
+    const int64_t target = r * num_steps / num_ranges;
+    return std::lower_bound(cu_steps, cu_steps + num_trajectories, target,
+                            [](index_t offset, int64_t t) { return static_cast<int64_t>(offset) < t; }) -
+           cu_steps;
+  };
+  at::parallel_for(0, num_ranges, 1, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t r = r_begin; r < r_end; ++r) {
+      const int64_t b_begin = range_begin(r), b_end = std::max(b_begin, range_begin(r + 1));
+      if (b_begin < b_end) range_fn(b_begin, b_end);
+    }
+  });
+}
+
+// out[i] = f(float(x[i])) for i < n, with f applied to whole SIMD vectors (a partial vector at the
+// end is padded), so every element gets the same rounding wherever a block starts.
+template <typename scalar_t, typename acc_t, typename VecFn>
+void transform_block(const scalar_t* x, int64_t n, acc_t* out, const VecFn& f) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  auto load = [&](int64_t i, int64_t count) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      return Vec::loadu(x + i, count);
+    } else {
+      acc_t widened[kLanes] = {};
+      for (int64_t k = 0; k < count; ++k) widened[k] = static_cast<acc_t>(x[i + k]);
+      return Vec::loadu(widened);
+    }
+  };
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) f(load(i, kLanes)).store(out + i);
+  if (i < n) f(load(i, n - i)).store(out + i, n - i);
+}
+
+// Visits trajectories [b_begin, b_end) in order (kReverse: last step first). For each block of
+// steps, transform(first_step, count, values) fills values[0, count); then for each trajectory
+// piece [lo, hi) in the block, visitor.piece(b, lo, hi, values + (lo - first_step)). visitor.begin(b)
+// and visitor.end(b) bracket every trajectory, empty ones included.
+template <bool kReverse, typename index_t, typename acc_t, typename Transform, typename Visitor>
+void sweep(const index_t* cu_steps, int64_t b_begin, int64_t b_end, int64_t num_steps, const Transform& transform,
+           Visitor& visitor) {
+  auto offset = [&](int64_t b, int64_t lower) {
+    return std::clamp<int64_t>(static_cast<int64_t>(cu_steps[b]), lower, num_steps);
+  };
+  const int64_t first = offset(b_begin, 0), last = offset(b_end, first);
+  alignas(64) acc_t values[kBlockSteps];
+  int64_t b = kReverse ? b_end - 1 : b_begin;
+  auto more = [&] { return kReverse ? b >= b_begin : b < b_end; };
+  bool open = false;
+  for (int64_t done = 0; done < last - first; done += kBlockSteps) {
+    const int64_t count = std::min(kBlockSteps, last - first - done);
+    const int64_t block_lo = kReverse ? last - done - count : first + done, block_hi = block_lo + count;
+    transform(block_lo, count, values);
+    for (; more(); kReverse ? --b : ++b) {
+      const int64_t start = offset(b, 0), end = offset(b + 1, start);
+      if (!open) visitor.begin(b);
+      open = true;
+      const int64_t lo = std::max(start, block_lo), hi = std::min(end, block_hi);
+      if (lo < hi) visitor.piece(b, lo, hi, values + (lo - block_lo));
+      if (kReverse ? start < block_lo : end > block_hi) break;  // continues in the next block
+      visitor.end(b);
+      open = false;
+    }
+  }
+  // Trajectories after the last step (empty ones), or left over from offsets that were not valid.
+  for (; more(); kReverse ? --b : ++b) {
+    if (!open) visitor.begin(b);
+    visitor.end(b);
+    open = false;
+  }
+}
+
+}  // namespace crm::cpu

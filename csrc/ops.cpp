@@ -1,0 +1,24 @@
+// Schemas of the compiled kernels. These are private building blocks: the public, differentiable,
+// compile-friendly ops live in crm_kernels/_library.py (torch.ops.crm_kernels.*) and call these
+// for backend="cpu" (and, on GPUs, backend="cuda"). Each backend adds its implementations with
+// TORCH_LIBRARY_IMPL in its own file under cpu/ or cuda/.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(crm_kernels_C, m) {
+  m.def("log_survival_forward(Tensor logits, Tensor cu_steps) -> Tensor");
+  m.def("log_survival_backward(Tensor grad_log_survival, Tensor logits, Tensor cu_steps) -> Tensor");
+  m.def(
+      "crm_loss_forward(Tensor logits, Tensor cu_steps, Tensor outcome, Tensor? first_error, float w_survive, "
+      "float w_wrong, float w_first_error) -> (Tensor losses, Tensor log_survival_total)");
+  m.def(
+      "crm_loss_backward(Tensor grad_losses, Tensor logits, Tensor cu_steps, Tensor outcome, Tensor? first_error, "
+      "Tensor log_survival_total, float w_survive, float w_wrong, float w_first_error) -> Tensor");
+}
+
+// `import crm_kernels._C` loads this library and so runs the registrations above; the module
+// itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

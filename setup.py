@@ -1,0 +1,49 @@
+"""Builds crm_kernels._C: the C++ CPU kernels (always) and the CUDA kernels (when a CUDA build of
+torch and nvcc are present). Importing crm_kernels never requires the extension: without it the
+"torch" and "triton" backends still work and `available_backends()` says what is missing."""
+
+import os
+import platform
+from pathlib import Path
+
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = Path(__file__).parent
+CSRC = ROOT / "csrc"
+
+
+def cpu_simd_flags():
+    """AVX2+FMA when the build machine has them (the extension is built where it runs, like
+    -march=native); at::vec then uses Sleef from libtorch_cpu. CRM_KERNELS_NO_SIMD=1 turns it off."""
+    if os.environ.get("CRM_KERNELS_NO_SIMD") == "1" or platform.machine() not in ("x86_64", "AMD64"):
+        return []
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    if " avx2" in flags and " fma" in flags:
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return []
+
+
+def extensions():
+    sources = [str(p.relative_to(ROOT)) for p in [CSRC / "ops.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]]
+    include_dirs = [str(CSRC / "include"), str(CSRC / "cpu")]
+    cxx_flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas", *cpu_simd_flags()]
+    return [
+        CppExtension(
+            "crm_kernels._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+
+
+setup(
+    packages=find_packages(include=["crm_kernels", "crm_kernels.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension},
+)
