@@ -16,7 +16,7 @@ build: $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace
 
 test: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 bench: build
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

@@ -57,14 +57,21 @@ def is_available(backend: str, device: torch.device) -> bool:
     return False
 
 
+@torch.compiler.assume_constant_result
+def _available_on(device_type: str) -> tuple[str, ...]:
+    # A constant for torch.compile: availability does not change while a program runs, and the
+    # dispatcher query behind it cannot be traced.
+    device = torch.device(device_type)
+    order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "triton", "torch")
+    return tuple(name for name in order if is_available(name, device))
+
+
 def available_backends(device: torch.device | str | None = None) -> list[str]:
     """The backends that can run on `device` (default: CUDA if present, else CPU), fastest first
     as "auto" picks them."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "triton", "torch")
-    return [name for name in order if is_available(name, device)]
+    return list(_available_on(torch.device(device).type))
 
 
 def resolve(backend: str, device: torch.device) -> str:

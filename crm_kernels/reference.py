@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 MAX_LOG_SURVIVAL = -1.17549435e-38  # float32's smallest normal (SPEC 4)
 REDUCTIONS = ("mean", "sum", "none")
@@ -26,21 +25,28 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) without F.softplus's switch to x above 20, which is off by e^-20 (2e-9), far
+    more than float64 rounding."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
 def log1mexp(a: torch.Tensor) -> torch.Tensor:
     """log(1 - e^a) for a < 0. Each branch is fed only its own range so that the branch not taken
-    cannot put inf into the gradient of torch.where."""
+    cannot put inf into the gradient of torch.where; torch.where rather than clamp, because clamp's
+    gradient is 0 at NaN and SPEC 4 wants NaN to reach the whole trajectory's gradient."""
     neg_ln2 = -math.log(2.0)
     near_zero = a > neg_ln2
     return torch.where(
         near_zero,
-        torch.log(-torch.expm1(a.clamp(min=neg_ln2))),
-        torch.log1p(-torch.exp(a.clamp(max=neg_ln2))),
+        torch.log(-torch.expm1(torch.where(near_zero, a, neg_ln2))),
+        torch.log1p(-torch.exp(torch.where(near_zero, neg_ln2, a))),
     )
 
 
 def flawed_loss(log_survival_total: torch.Tensor) -> torch.Tensor:
-    """L_W = -log(1 - S(T)), with log S(T) clamped below 0 (SPEC 4)."""
-    return -log1mexp(log_survival_total.clamp(max=MAX_LOG_SURVIVAL))
+    """L_W = -log(1 - S(T)), with log S(T) clamped below 0 (SPEC 4); NaN passes the clamp."""
+    return -log1mexp(torch.where(log_survival_total > MAX_LOG_SURVIVAL, MAX_LOG_SURVIVAL, log_survival_total))
 
 
 def combine_losses(survive_nll, first_error_nll, outcome, first_error, weights):
@@ -81,20 +87,20 @@ def pad(logits: torch.Tensor, cu_steps: torch.Tensor, max_len: int | None = None
 
 def log_survival_from_padded(padded_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     x = padded_logits.to(accumulate_dtype(padded_logits.dtype))
-    return -torch.cumsum(torch.where(mask, F.softplus(x), 0.0), dim=1)
+    return -torch.cumsum(torch.where(mask, softplus(x), 0.0), dim=1)
 
 
 def crm_loss_from_padded(padded_logits, mask, outcome, first_error=None, weights=(1.0, 1.0, 1.0), reduction="mean",
                          normalizer=None):  # fmt: skip
     x = padded_logits.to(accumulate_dtype(padded_logits.dtype))
-    softplus = torch.where(mask, F.softplus(x), 0.0)
-    survive_nll = softplus.sum(dim=1)
+    softplus_terms = torch.where(mask, softplus(x), 0.0)
+    survive_nll = softplus_terms.sum(dim=1)
     first_error_nll = None
     if first_error is not None:
         positions = torch.arange(x.shape[1], device=x.device)
         z = first_error[:, None]
-        first_error_nll = torch.where(positions < z, softplus, 0.0).sum(dim=1) + torch.where(
-            positions == z, F.softplus(-x), 0.0
+        first_error_nll = torch.where(positions < z, softplus_terms, 0.0).sum(dim=1) + torch.where(
+            positions == z, softplus(-x), 0.0
         ).sum(dim=1)
     losses = combine_losses(survive_nll, first_error_nll, outcome, first_error, weights)
     return reduce_losses(losses, reduction, normalizer)
@@ -117,7 +123,7 @@ def crm_loss_padded(logits, cu_steps, outcome, first_error=None, weights=(1.0, 1
 def log_survival_loop(logits: torch.Tensor, cu_steps: torch.Tensor) -> torch.Tensor:
     x = logits.to(accumulate_dtype(logits.dtype))
     bounds = cu_steps.tolist()
-    pieces = [-torch.cumsum(F.softplus(x[start:end]), 0) for start, end in zip(bounds[:-1], bounds[1:])]
+    pieces = [-torch.cumsum(softplus(x[start:end]), 0) for start, end in zip(bounds[:-1], bounds[1:])]
     return torch.cat(pieces) if pieces else x.new_zeros(0)
 
 
@@ -131,14 +137,14 @@ def crm_loss_loop(logits, cu_steps, outcome, first_error=None, weights=(1.0, 1.0
     losses = []
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         steps = x[start:end]
-        log_survival_total = -F.softplus(steps).sum()
+        log_survival_total = -softplus(steps).sum()
         if correct[i]:
             losses.append(-w_survive * log_survival_total)
             continue
         loss = w_wrong * flawed_loss(log_survival_total)
         z = known[i]
         if z >= 0:
-            loss = loss + w_first_error * (F.softplus(steps[:z]).sum() + F.softplus(-steps[z]))
+            loss = loss + w_first_error * (softplus(steps[:z]).sum() + softplus(-steps[z]))
         losses.append(loss)
     stacked = torch.stack(losses) if losses else x.new_zeros(0)
     return reduce_losses(stacked, reduction, normalizer)

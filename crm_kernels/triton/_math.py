@@ -23,10 +23,12 @@ def log1p(y):
 
 @triton.jit
 def expm1(x):
-    # Kahan: (u - 1) * x / log(u) with u = e^x; exact branches where u rounds to 1 or 0.
+    # Kahan: (u - 1) * x / log(u) with u = e^x; exact branches where u rounds to 1, to 0, or
+    # overflows (inf * (x / inf) would be NaN there).
     u = tl.exp(x)
     um1 = u - 1.0
-    return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * (x / tl.log(u))))
+    kahan = tl.where(um1 == -1.0, -1.0, tl.where(u == float("inf"), u, um1 * (x / tl.log(u))))
+    return tl.where(u == 1.0, x, kahan)
 
 
 @triton.jit

@@ -1,0 +1,108 @@
+"""SPEC section 4 beyond rounding: extreme logits, the clamp of log S(T), NaN confinement, empty
+batches, and bitwise determinism."""
+
+import pytest
+import torch
+
+import crm_kernels
+from crm_kernels import reference
+from conftest import DTYPES, cpu_backends, make_batch
+
+BACKENDS = cpu_backends() + ["torch"]
+
+
+def loss_and_grad(batch, backend, first_error="batch", logits=None):
+    logits = (batch.logits if logits is None else logits).clone().requires_grad_()
+    first_error = batch.first_error if first_error == "batch" else first_error
+    losses = crm_kernels.crm_loss(logits, batch.cu_steps, batch.outcome, first_error, reduction="none", backend=backend)
+    (grad,) = torch.autograd.grad(losses.sum(), logits)
+    return losses, grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_extreme_logits_stay_finite(backend, dtype, seed):
+    """|x| up to 1e4, mixed signs within trajectories: finite losses and gradients everywhere."""
+    batch = make_batch(seed, torch.float64, batch=32, mean=5.0)
+    signs = torch.where(torch.rand(batch.logits.shape) < 0.5, -1.0, 1.0).double()
+    magnitudes = 10 ** (torch.rand(batch.logits.shape, dtype=torch.float64) * 4)  # 1 .. 1e4
+    logits = (signs * magnitudes).to(dtype)
+    losses, grad = loss_and_grad(batch, backend, logits=logits)
+    assert torch.isfinite(losses).all() and torch.isfinite(grad).all()
+    expected = reference.crm_loss_loop(logits.double(), batch.cu_steps, batch.outcome, batch.first_error,
+                                       reduction="none")  # fmt: skip
+    torch.testing.assert_close(losses.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_survival_of_one_is_clamped(backend, dtype):
+    """All logits below ~-103 make every softplus term underflow in float32: log S(T) = 0 and
+    L_W = -log(1 - S) would be inf. SPEC 4 clamps log S(T) at -1.17549435e-38: L_W = 87.34."""
+    cu_steps = torch.tensor([0, 3, 5])
+    logits = torch.full((5,), -1e4, dtype=dtype)
+    outcome = torch.tensor([False, True])
+    losses, grad = loss_and_grad(
+        type("B", (), dict(logits=logits, cu_steps=cu_steps, outcome=outcome, first_error=None))(), backend, None
+    )
+    assert torch.isfinite(grad).all()
+    clamped_loss = -torch.log(torch.tensor(1.17549435e-38, dtype=torch.float64))  # -log(-expm1(a)) ~= -log(-a)
+    assert losses[0].item() == pytest.approx(clamped_loss.item(), rel=1e-6)
+    assert losses[0].item() <= 87.34 and losses[1].item() == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_stays_in_its_trajectory(backend, seed):
+    batch = make_batch(seed, torch.float32, batch=16, mean=6.0, lengths=torch.tensor([4, 5, 0, 6, 1, 3]))
+    batch.outcome[:] = torch.tensor([True, False, True, False, True, False])
+    batch.first_error[:] = torch.tensor([-1, 2, -1, -1, -1, 1])
+    logits = batch.logits.clone()
+    logits[int(batch.cu_steps[1]) + 3] = float("nan")  # trajectory 1
+    losses, grad = loss_and_grad(batch, backend, logits=logits)
+    assert torch.isnan(losses).tolist() == [False, True, False, False, False, False]
+    owner = torch.repeat_interleave(torch.arange(6), batch.lengths)
+    assert torch.equal(torch.isnan(grad), owner == 1)
+    log_survival = crm_kernels.log_survival(logits, batch.cu_steps, backend=backend)
+    nan_steps = torch.isnan(log_survival)
+    # Within trajectory 1 the scan is NaN from the NaN step on; nowhere else.
+    assert nan_steps.nonzero().flatten().tolist() == [int(batch.cu_steps[1]) + 3, int(batch.cu_steps[1]) + 4]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batches(backend):
+    logits = torch.empty(0)
+    assert crm_kernels.crm_loss(logits, torch.zeros(1, dtype=torch.long), torch.empty(0, dtype=torch.bool),
+                                reduction="sum", backend=backend).item() == 0.0  # fmt: skip
+    assert crm_kernels.log_survival(logits, torch.zeros(1, dtype=torch.long), backend=backend).shape == (0,)
+    # Trajectories that are all empty and correct: S = 1, loss 0, and a zero-size gradient.
+    logits = torch.empty(0, requires_grad=True)
+    loss = crm_kernels.crm_loss(logits, torch.zeros(4, dtype=torch.long), torch.ones(3, dtype=torch.bool),
+                                reduction="none", backend=backend)  # fmt: skip
+    assert loss.tolist() == [0.0, 0.0, 0.0]
+    loss.sum().backward()
+    assert logits.grad.shape == (0,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bitwise_deterministic(backend, seed):
+    batch = make_batch(seed, torch.float32, batch=64, mean=20.0, long_steps=3000)
+    first = loss_and_grad(batch, backend)
+    second = loss_and_grad(batch, backend)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@pytest.mark.skipif("cpu" not in cpu_backends(), reason="C++ extension not built")
+def test_cpu_results_do_not_depend_on_thread_count(seed):
+    """Trajectories are never split across threads, so 1 and 2 threads agree bit for bit, on a
+    batch large enough to be split into many ranges."""
+    batch = make_batch(seed, torch.bfloat16, batch=4096, mean=40.0, long_steps=50_000)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = loss_and_grad(batch, "cpu") + (crm_kernels.log_survival(batch.logits, batch.cu_steps, backend="cpu"),)
+        torch.set_num_threads(2)
+        multi = loss_and_grad(batch, "cpu") + (crm_kernels.log_survival(batch.logits, batch.cu_steps, backend="cpu"),)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(single, multi):
+        assert torch.equal(a, b)
