@@ -58,9 +58,10 @@ def is_available(backend: str, device: torch.device) -> bool:
 
 
 @torch.compiler.assume_constant_result
+@functools.cache
 def _available_on(device_type: str) -> tuple[str, ...]:
-    # A constant for torch.compile: availability does not change while a program runs, and the
-    # dispatcher query behind it cannot be traced.
+    # Availability does not change while a program runs: cached for eager calls, and a constant
+    # for torch.compile (the dispatcher query behind it cannot be traced).
     device = torch.device(device_type)
     order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "triton", "torch")
     return tuple(name for name in order if is_available(name, device))

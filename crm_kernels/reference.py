@@ -117,6 +117,30 @@ def crm_loss_padded(logits, cu_steps, outcome, first_error=None, weights=(1.0, 1
     return crm_loss_from_padded(padded, mask, outcome, first_error, weights, reduction, normalizer)
 
 
+# ---- ragged, no padding ----------------------------------------------------------------------
+
+
+def crm_loss_ragged(logits, cu_steps, outcome, first_error=None, weights=(1.0, 1.0, 1.0), reduction="mean",
+                    normalizer=None):  # fmt: skip
+    """Per-trajectory sums over the packed steps with index_add_ (deterministic on the CPU), the
+    way a careful user avoids padding in eager PyTorch. There is no ragged eager form of
+    log_survival: a per-segment scan needs padding or a loop (a global cumsum minus each segment's
+    start cancels, SPEC 4)."""
+    x = logits.to(accumulate_dtype(logits.dtype))
+    lengths = cu_steps[1:] - cu_steps[:-1]
+    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths, output_size=x.numel())
+    softplus_terms = softplus(x)
+    survive_nll = x.new_zeros(lengths.numel()).index_add_(0, owner, softplus_terms)
+    first_error_nll = None
+    if first_error is not None:
+        index = torch.arange(x.numel(), device=x.device) - cu_steps[:-1].repeat_interleave(lengths, output_size=x.numel())
+        z = first_error[owner]
+        terms = torch.where(index < z, softplus_terms, 0.0) + torch.where(index == z, softplus(-x), 0.0)
+        first_error_nll = x.new_zeros(lengths.numel()).index_add_(0, owner, terms)
+    losses = combine_losses(survive_nll, first_error_nll, outcome, first_error, weights)
+    return reduce_losses(losses, reduction, normalizer)
+
+
 # ---- per-trajectory loop ---------------------------------------------------------------------
 
 

@@ -127,6 +127,21 @@ def test_mean_is_the_papers_objective(seed):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_reference_forms_agree(dtype, seed):
+    """The loop, padded and ragged references are three codings of one formula."""
+    batch = make_batch(seed, dtype, scale=5.0, batch=48, long_steps=500)
+    args = (batch.cu_steps, batch.outcome, batch.first_error)
+    tol = FORWARD_TOL[dtype]
+    for first_error in (batch.first_error, None):
+        args = (batch.cu_steps, batch.outcome, first_error)
+        loop = reference.crm_loss_loop(batch.logits, *args, reduction="none")
+        torch.testing.assert_close(reference.crm_loss_padded(batch.logits, *args, reduction="none"), loop, **tol)
+        torch.testing.assert_close(reference.crm_loss_ragged(batch.logits, *args, reduction="none"), loop, **tol)
+    torch.testing.assert_close(reference.log_survival_padded(batch.logits, batch.cu_steps),
+                               reference.log_survival_loop(batch.logits, batch.cu_steps), **tol)  # fmt: skip
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_module_equals_function(backend, seed):
     batch = make_batch(seed)

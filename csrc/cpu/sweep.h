@@ -40,6 +40,10 @@ void parallel_for_trajectories(const index_t* cu_steps, int64_t num_trajectories
                                const RangeFn& range_fn) {
   if (num_trajectories == 0) return;
   const int64_t num_ranges = std::clamp<int64_t>(num_steps / kMinStepsPerRange, 1, 4 * at::get_num_threads());
+  if (num_ranges == 1) {  // small batches: no thread wake-up
+    range_fn(0, num_trajectories);
+    return;
+  }
   // First trajectory of range r: the first whose start offset reaches r/num_ranges of the steps.
   auto range_begin = [&](int64_t r) -> int64_t {
     if (r == 0) return 0;

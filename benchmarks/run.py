@@ -1,0 +1,434 @@
+"""The main benchmark: crm_kernels against the eager PyTorch ways of writing the same loss.
+
+    python -m benchmarks.run            # quick sizes, a few minutes on 2 CPU cores
+    python -m benchmarks.run --full     # the full workloads
+    python -m benchmarks.run --update-readme
+
+Every row is timed in this one process and run, so ratios between rows are fair. For each row:
+median and p10-p90 over repetitions after warm-up (CUDA events on GPUs), peak extra memory, and the
+floor: max(bytes that must move / bandwidth measured in this run, one launch), with time / floor.
+Results go to benchmarks/results/<device>.json (+ .md table, + .png plot of time vs batch size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+import crm_kernels
+from crm_kernels import reference
+
+RESULTS = Path(__file__).parent / "results"
+LOOP_SUBSAMPLE = 512  # the per-trajectory loop runs on this many trajectories, scaled to the batch
+
+
+# ---- workloads ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    name: str
+    batch: int
+    mean_steps: float
+    long_count: int = 0  # this many trajectories are made long_factor times longer
+    long_factor: int = 100
+
+
+def workloads(full: bool) -> list[Workload]:
+    return [
+        Workload("rl_rollouts", 65536, 16),
+        Workload("per_token", 8192 if full else 512, 2048),
+        Workload("small", 64, 8),
+        Workload("skewed", 65536 if full else 8192, 16, long_count=64 if full else 8),
+    ]
+
+
+SWEEP_BATCHES = [64, 512, 4096, 32768, 65536]
+
+
+@dataclass
+class Inputs:
+    logits: torch.Tensor
+    cu_steps: torch.Tensor
+    outcome: torch.Tensor
+    first_error: torch.Tensor
+    padded: torch.Tensor = field(repr=False, default=None)
+    mask: torch.Tensor = field(repr=False, default=None)
+
+    @property
+    def num_steps(self):
+        return self.logits.numel()
+
+    @property
+    def batch(self):
+        return self.outcome.numel()
+
+    def head(self, count):
+        """The first `count` trajectories, for the loop baseline."""
+        end = int(self.cu_steps[count])
+        return Inputs(self.logits[:end], self.cu_steps[: count + 1], self.outcome[:count], self.first_error[:count])
+
+
+def make_inputs(workload: Workload, device, dtype=torch.float32, seed=0) -> Inputs:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.poisson(torch.full((workload.batch,), float(workload.mean_steps)), generator=generator).long()
+    if workload.long_count:
+        lengths[torch.randperm(workload.batch, generator=generator)[: workload.long_count]] *= workload.long_factor
+    cu_steps = torch.zeros(workload.batch + 1, dtype=torch.int32)
+    cu_steps[1:] = lengths.cumsum(0)
+    num_steps = int(cu_steps[-1])
+    logits = torch.randn(num_steps, generator=generator).to(dtype)
+    outcome = (torch.rand(workload.batch, generator=generator) < 0.5) | (lengths == 0)
+    known = ~outcome & (torch.rand(workload.batch, generator=generator) < 0.5)
+    first_error = torch.where(known, (torch.rand(workload.batch, generator=generator) * lengths).long(), -1)
+    inputs = Inputs(logits.to(device), cu_steps.to(device), outcome.to(device), first_error.to(device))
+    # Padded baselines get their [B, max_len] layout for free: that is how such code holds its data.
+    inputs.padded, inputs.mask = reference.pad(inputs.logits, inputs.cu_steps)
+    return inputs
+
+
+# ---- implementations ---------------------------------------------------------------------------
+# Each returns a callable that runs the op once (forward, or forward + backward) on prepared inputs.
+
+
+def _run(forward, leaf: torch.Tensor, backward: bool):
+    def call():
+        if backward:
+            leaf.grad = None
+            out = forward(leaf)
+            out.backward(torch.ones_like(out) if out.dim() else None)
+        else:
+            with torch.no_grad():
+                forward(leaf)
+
+    return call
+
+
+def implementations(op: str, inputs: Inputs, backends: list[str], compiled: dict) -> dict:
+    """name -> (make(backward) -> callable, scale factor of its time)."""
+    x, cu, outcome, first_error = inputs.logits, inputs.cu_steps, inputs.outcome, inputs.first_error
+    leaf = lambda t: t.detach().clone().requires_grad_()  # noqa: E731
+    impls = {}
+    for backend in backends:
+        if op == "crm_loss":
+            fn = lambda t, b=backend: crm_kernels.crm_loss(t, cu, outcome, first_error, backend=b)  # noqa: E731
+        else:
+            fn = lambda t, b=backend: crm_kernels.log_survival(t, cu, backend=b)  # noqa: E731
+        impls[f"crm_kernels[{backend}]"] = (lambda bw, fn=fn: _run(fn, leaf(x), bw), 1.0)
+    if backends:
+        best = backends[0]
+        if op == "crm_loss":
+            fast = lambda t: crm_kernels.crm_loss(t, cu, outcome, first_error, validate=False, backend=best)  # noqa: E731
+        else:
+            fast = lambda t: crm_kernels.log_survival(t, cu, validate=False, backend=best)  # noqa: E731
+        impls[f"crm_kernels[{best}] validate=False"] = (lambda bw: _run(fast, leaf(x), bw), 1.0)
+
+    mask = inputs.mask
+    if op == "crm_loss":
+        padded = lambda t: reference.crm_loss_from_padded(t, mask, outcome, first_error)  # noqa: E731
+        compiled_fn = compiled.setdefault(op, torch.compile(reference.crm_loss_from_padded))
+        padded_compiled = lambda t: compiled_fn(t, mask, outcome, first_error)  # noqa: E731
+        ragged = lambda t: reference.crm_loss_ragged(t, cu, outcome, first_error)  # noqa: E731
+        impls["eager ragged (index_add)"] = (lambda bw: _run(ragged, leaf(x), bw), 1.0)
+    else:
+        padded = lambda t: reference.log_survival_from_padded(t, mask)  # noqa: E731
+        compiled_fn = compiled.setdefault(op, torch.compile(reference.log_survival_from_padded))
+        padded_compiled = lambda t: compiled_fn(t, mask)  # noqa: E731
+    impls["eager padded"] = (lambda bw: _run(padded, leaf(inputs.padded), bw), 1.0)
+    impls["torch.compile(eager padded)"] = (lambda bw: _run(padded_compiled, leaf(inputs.padded), bw), 1.0)
+
+    count = min(LOOP_SUBSAMPLE, inputs.batch)
+    head = inputs.head(count)
+    if op == "crm_loss":
+        loop = lambda t: reference.crm_loss_loop(t, head.cu_steps, head.outcome, head.first_error)  # noqa: E731
+    else:
+        loop = lambda t: reference.log_survival_loop(t, head.cu_steps)  # noqa: E731
+    scale = inputs.batch / count
+    label = "eager loop" if scale == 1 else f"eager loop ({count} trajectories, x{scale:g})"
+    impls[label] = (lambda bw: _run(loop, leaf(head.logits), bw), scale)
+    return impls
+
+
+# ---- measuring ---------------------------------------------------------------------------------
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(call, device, min_seconds=0.25, min_reps=5, max_reps=100) -> list[float]:
+    """Milliseconds per call, after warm-up (which also compiles)."""
+    for _ in range(2):
+        call()
+    synchronize(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_seconds):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            call()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _proc_status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+M_MMAP_THRESHOLD = -3
+GLIBC_DEFAULT_MAX_MMAP_THRESHOLD = 32 << 20
+
+
+def peak_extra_bytes(call, device) -> int | None:
+    """Peak memory one call adds over what was live before it. On GPUs: the caching allocator's
+    peak. On the CPU: the resident-set high-water mark (reset through /proc/self/clear_refs), with
+    glibc told, for this call only, to serve buffers over 64 KiB by mmap so that freed ones leave
+    the resident set and every call's buffers are counted, reused or not."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        call()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated() - before
+    libc = _glibc()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    if libc is None:
+        return None
+    libc.mallopt(M_MMAP_THRESHOLD, 64 << 10)
+    libc.malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _proc_status("VmRSS")
+        call()
+        return max(_proc_status("VmHWM") - before, 0)
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_MAX_MMAP_THRESHOLD)
+
+
+def measure_bandwidth(device) -> float:
+    """Bytes per second of a large copy (bytes read + bytes written)."""
+    numel = (1 << 28) if device.type == "cuda" else (1 << 26)
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    times = time_call(lambda: dst.copy_(src), device, min_reps=10, max_reps=20)
+    return 2 * src.numel() * src.element_size() / (statistics.median(times) / 1e3)
+
+
+def measure_launch(device) -> float:
+    """Milliseconds of one minimal op call on this device (the fixed cost any op pays)."""
+    tiny = torch.ones(1, device=device)
+    return statistics.median(time_call(lambda: tiny.add_(0), device, min_reps=200, max_reps=200))
+
+
+def bytes_that_must_move(op: str, inputs: Inputs, backward: bool) -> int:
+    """Inputs read once, outputs written once (padding and intermediates excluded)."""
+    logits = inputs.logits.numel() * inputs.logits.element_size()
+    offsets = inputs.cu_steps.numel() * inputs.cu_steps.element_size()
+    if op == "crm_loss":
+        labels = inputs.outcome.numel() * inputs.outcome.element_size()
+        labels += inputs.first_error.numel() * inputs.first_error.element_size()
+        return logits + offsets + labels + 4 + (logits if backward else 0)  # + grad_logits
+    scan = inputs.num_steps * 4
+    return logits + offsets + scan + ((scan + logits) if backward else 0)  # + upstream grad, grad_logits
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def device_description(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version(), "torch": torch.__version__, "crm_kernels": crm_kernels.__version__}
+    try:
+        import triton
+
+        found["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        found["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                         cwd=Path(__file__).parent, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return found
+
+
+def kernel_backends(device) -> list[str]:
+    # The Triton interpreter on CPU tensors is a correctness tool, not something to time.
+    return [b for b in crm_kernels.available_backends(device) if b != "torch" and not (b == "triton" and device.type == "cpu")]
+
+
+def bench_rows(device, full: bool, log) -> list[dict]:
+    rows, compiled = [], {}
+    bandwidth, launch_ms = measure_bandwidth(device), measure_launch(device)
+    log(f"bandwidth {bandwidth / 1e9:.1f} GB/s (copy, read + write), one launch {launch_ms * 1e3:.1f} us")
+    for workload in workloads(full):
+        inputs = make_inputs(workload, device)
+        for op in ("crm_loss", "log_survival"):
+            for backward in (False, True):
+                mode = "fwd+bwd" if backward else "fwd"
+                moved = bytes_that_must_move(op, inputs, backward)
+                floor_ms = max(moved / bandwidth * 1e3, launch_ms)
+                for name, (make, scale) in implementations(op, inputs, kernel_backends(device), compiled).items():
+                    call = make(backward)
+                    times = [t * scale for t in time_call(call, device)]
+                    median = statistics.median(times)
+                    quantiles = statistics.quantiles(times, n=10) if len(times) > 1 else [median] * 9
+                    peak = peak_extra_bytes(call, device) if scale == 1 else None
+                    rows.append(dict(
+                        workload=workload.name, batch=inputs.batch, steps=inputs.num_steps, op=op, mode=mode,
+                        impl=name, median_ms=median, p10_ms=quantiles[0], p90_ms=quantiles[-1], reps=len(times),
+                        peak_extra_mb=None if peak is None else peak / 2**20, bytes_moved=moved,
+                        achieved_gb_s=moved / (median / 1e3) / 1e9, floor_ms=floor_ms, over_floor=median / floor_ms,
+                    ))  # fmt: skip
+                    log(f"{workload.name:12s} {op:12s} {mode:7s} {name:42s} {median:10.3f} ms")
+    for row in rows:
+        same = [r for r in rows if (r["workload"], r["op"], r["mode"]) == (row["workload"], row["op"], row["mode"])]
+        base = {r["impl"]: r["median_ms"] for r in same}
+        row["speedup_vs_eager_padded"] = base["eager padded"] / row["median_ms"]
+        row["speedup_vs_compiled"] = base["torch.compile(eager padded)"] / row["median_ms"]
+    return rows, dict(bandwidth_gb_s=bandwidth / 1e9, launch_us=launch_ms * 1e3)
+
+
+def sweep_rows(device, log) -> list[dict]:
+    """crm_loss forward + backward against batch size (mean 16 steps), for the plot."""
+    rows, compiled = [], {}
+    for batch in SWEEP_BATCHES:
+        inputs = make_inputs(Workload("sweep", batch, 16), device)
+        for name, (make, scale) in implementations("crm_loss", inputs, kernel_backends(device), compiled).items():
+            if "validate=False" in name or "loop" in name:
+                continue
+            median = statistics.median(time_call(make(True), device)) * scale
+            rows.append(dict(batch=batch, steps=inputs.num_steps, impl=name, median_ms=median))
+            log(f"sweep B={batch:6d} {name:42s} {median:10.3f} ms")
+    return rows
+
+
+def markdown_table(result: dict) -> str:
+    lines = [
+        f"Device: {result['device_name']}; torch {result['versions']['torch']}; {result['date']}; "
+        f"copy bandwidth {result['bandwidth_gb_s']:.1f} GB/s, one launch {result['launch_us']:.1f} us.",
+        "",
+        "| workload | op | mode | implementation | median ms (p10-p90) | vs eager padded | vs compiled | peak extra MB | GB/s | floor ms | x floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        if r["mode"] != "fwd+bwd":
+            continue
+        peak = "-" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
+        lines.append(
+            f"| {r['workload']} (B={r['batch']}, N={r['steps']}) | {r['op']} | {r['mode']} | {r['impl']} | "
+            f"{r['median_ms']:.3f} ({r['p10_ms']:.3f}-{r['p90_ms']:.3f}) | {r['speedup_vs_eager_padded']:.1f}x | "
+            f"{r['speedup_vs_compiled']:.1f}x | {peak} | {r['achieved_gb_s']:.2f} | {r['floor_ms']:.3f} | {r['over_floor']:.1f} |"
+        )
+    lines.append("")
+    lines.append("Forward-only rows are in the JSON. The loop baseline runs on a subsample and is scaled.")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for impl in dict.fromkeys(r["impl"] for r in result["sweep"]):
+        points = [(r["batch"], r["median_ms"]) for r in result["sweep"] if r["impl"] == impl]
+        ax.plot(*zip(*points), marker="o", label=impl)
+    ax.set(xscale="log", yscale="log", xlabel="trajectories (Poisson mean 16 steps)", ylabel="median ms",
+           title=f"crm_loss forward + backward\n{result['device_name']}")  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def update_readme(result: dict, slug: str) -> None:
+    readme = Path(__file__).parent.parent / "README.md"
+    text = readme.read_text()
+    begin, end = f"<!-- bench:{slug}:begin -->", f"<!-- bench:{slug}:end -->"
+    if begin not in text:
+        return
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{markdown_table(result)}\n{end}{tail}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="full workload sizes (per_token: 8192 x 2048 steps)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep and its plot")
+    parser.add_argument("--update-readme", action="store_true", help="put the table into README.md")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    rows, floors = bench_rows(device, args.full, log)
+    result = dict(
+        device=device.type, device_name=device_description(device), versions=versions(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        full=args.full, threads=torch.get_num_threads(), **floors, rows=rows,
+        sweep=[] if args.no_sweep else sweep_rows(device, log),
+    )  # fmt: skip
+    slug = device.type if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "_")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{slug}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"{slug}.md").write_text(markdown_table(result) + "\n")
+    if result["sweep"]:
+        plot(result, args.out / f"{slug}.png")
+    print()
+    print(markdown_table(result))
+    if args.update_readme:
+        update_readme(result, slug)
+    print(f"\nwrote {args.out / slug}.json/.md" + ("/.png" if result["sweep"] else ""))
+
+
+if __name__ == "__main__":
+    main()
