@@ -57,14 +57,18 @@ def is_available(backend: str, device: torch.device) -> bool:
     return False
 
 
+_AVAILABLE_ON: dict[str, tuple[str, ...]] = {}
+
+
 @torch.compiler.assume_constant_result
-@functools.cache
 def _available_on(device_type: str) -> tuple[str, ...]:
     # Availability does not change while a program runs: cached for eager calls, and a constant
-    # for torch.compile (the dispatcher query behind it cannot be traced).
-    device = torch.device(device_type)
-    order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "triton", "torch")
-    return tuple(name for name in order if is_available(name, device))
+    # for torch.compile (the dispatcher query behind it cannot be traced). functools.cache here
+    # would hide this function from Dynamo's assume_constant_result.
+    if device_type not in _AVAILABLE_ON:
+        order = ("cuda", "triton", "torch") if device_type == "cuda" else ("cpu", "triton", "torch")
+        _AVAILABLE_ON[device_type] = tuple(name for name in order if is_available(name, torch.device(device_type)))
+    return _AVAILABLE_ON[device_type]
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:

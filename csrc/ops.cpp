@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(crm_kernels_C, m) {
+  // SPEC 5's value rules, evaluated where the data lives; false means "run the detailed check".
+  m.def("inputs_are_valid(Tensor logits, Tensor cu_steps, Tensor? outcome, Tensor? first_error) -> bool");
   m.def("log_survival_forward(Tensor logits, Tensor cu_steps) -> Tensor");
   m.def("log_survival_backward(Tensor grad_log_survival, Tensor logits, Tensor cu_steps) -> Tensor");
   m.def(
