@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <vector>
 
 #include "crm_math.h"
 #include "sweep.h"
@@ -20,18 +21,29 @@ struct Labels {
   int64_t first_error_of(int64_t b) const { return first_error ? first_error[b] : -1; }
 };
 
+// The masks of the per-trajectory epilogues, for trajectories [first, first + count).
+template <typename acc_t>
+struct LabelMasks {
+  at::vec::Vectorized<acc_t> correct, has_first_error;
+  LabelMasks(const Labels& labels, int64_t first, int64_t count)
+      : correct(lane_mask<acc_t>(labels.correct + first, count, [](bool c) { return c; })),
+        has_first_error(labels.first_error
+                            ? lane_mask<acc_t>(labels.first_error + first, count, [](int64_t z) { return z >= 0; })
+                            : at::vec::Vectorized<acc_t>(acc_t(0))) {}
+};
+
 template <typename scalar_t, typename index_t>
 void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, int64_t num_trajectories,
                              int64_t num_steps, Labels labels, LossWeights weights, at::opmath_type<scalar_t>* losses,
                              at::opmath_type<scalar_t>* log_survival_total) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
+  // Pass 1 over the steps: each trajectory's -log S(T) and L_z (parked in `losses`).
   struct LossSums {
     const scalar_t* logits;
     const index_t* cu_steps;
     Labels labels;
-    LossWeights weights;
-    acc_t* losses;
+    acc_t* first_error_nll_out;
     acc_t* log_survival_total;
     acc_t softplus_sum = 0, first_error_nll = 0;
     int64_t first_error_step = -1;  // absolute index of z in the packed batch, -1 if none
@@ -51,7 +63,7 @@ void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, in
       }
     }
     void end(int64_t b) {
-      losses[b] = trajectory_loss(softplus_sum, first_error_nll, labels.correct[b], first_error_step >= 0, weights);
+      first_error_nll_out[b] = first_error_nll;
       log_survival_total[b] = -softplus_sum;
     }
   };
@@ -59,8 +71,16 @@ void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, in
     transform_block(logits + first, count, values, [](const Vec& x) { return softplus(x); });
   };
   parallel_for_trajectories(cu_steps, num_trajectories, num_steps, [&](int64_t b_begin, int64_t b_end) {
-    LossSums visitor{logits, cu_steps, labels, weights, losses, log_survival_total};
+    LossSums visitor{logits, cu_steps, labels, losses, log_survival_total};
     sweep<false, index_t, acc_t>(cu_steps, b_begin, b_end, num_steps, softplus_block, visitor);
+    // Pass 2 over the range's trajectories, SIMD: the loss epilogue (L_W's log1mexp is the costly part).
+    for_each_vector<acc_t>(b_begin, b_end, [&](int64_t first, int64_t count) {
+      const LabelMasks<acc_t> masks(labels, first, count);
+      const Vec softplus_sum = Vec(acc_t(0)) - Vec::loadu(log_survival_total + first, count);
+      const Vec first_error_nll = Vec::loadu(losses + first, count);
+      trajectory_loss(softplus_sum, first_error_nll, masks.correct, masks.has_first_error, weights)
+          .store(losses + first, count);
+    });
   });
 }
 
@@ -71,21 +91,23 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
                               scalar_t* grad_logits) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
+  // dl/dx_t = h_t * (coef + [t < z] first_error_grad), and h_z * coef - first_error_grad * sigmoid(-x_z)
+  // at t = z, with per-trajectory coef and first_error_grad computed first (SIMD over trajectories).
   struct LossGrad {
     const scalar_t* logits;
     const index_t* cu_steps;
     Labels labels;
-    const acc_t* grad_losses;
-    const acc_t* log_survival_total;
-    LossWeights weights;
+    const acc_t* coefs;              // indexed by b - b_begin
+    const acc_t* first_error_grads;  // indexed by b - b_begin
+    int64_t b_begin;
     scalar_t* grad_logits;
-    acc_t coef = 0, first_error_grad = 0;  // dl/dx_t = h_t * (coef + [t < z] first_error_grad), except at z
+    acc_t coef = 0, first_error_grad = 0;
     int64_t first_error_step = -1;
     void begin(int64_t b) {
       const int64_t z = labels.first_error_of(b);
       first_error_step = z >= 0 ? static_cast<int64_t>(cu_steps[b]) + z : -1;
-      coef = grad_losses[b] * trajectory_grad_coef(log_survival_total[b], labels.correct[b], weights);
-      first_error_grad = first_error_step >= 0 ? grad_losses[b] * acc_t(weights.first_error) : acc_t(0);
+      coef = coefs[b - b_begin];
+      first_error_grad = first_error_grads[b - b_begin];
     }
     void piece(int64_t, int64_t lo, int64_t hi, const acc_t* hazards) {
       const int64_t z = std::clamp(first_error_step, lo, hi);  // this piece's steps before z are [lo, z)
@@ -104,7 +126,16 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
     transform_block(logits + first, count, values, [](const Vec& x) { return sigmoid(x); });
   };
   parallel_for_trajectories(cu_steps, num_trajectories, num_steps, [&](int64_t b_begin, int64_t b_end) {
-    LossGrad visitor{logits, cu_steps, labels, grad_losses, log_survival_total, weights, grad_logits};
+    std::vector<acc_t> coefs(b_end - b_begin), first_error_grads(b_end - b_begin);
+    for_each_vector<acc_t>(b_begin, b_end, [&](int64_t first, int64_t count) {
+      const LabelMasks<acc_t> masks(labels, first, count);
+      const Vec upstream = Vec::loadu(grad_losses + first, count);
+      const Vec log_survival = Vec::loadu(log_survival_total + first, count);
+      (upstream * trajectory_grad_coef(log_survival, masks.correct, weights)).store(coefs.data() + (first - b_begin), count);
+      Math<Vec>::select(masks.has_first_error, upstream * Vec(acc_t(weights.first_error)), Vec(acc_t(0)))
+          .store(first_error_grads.data() + (first - b_begin), count);
+    });
+    LossGrad visitor{logits, cu_steps, labels, coefs.data(), first_error_grads.data(), b_begin, grad_logits};
     sweep<false, index_t, acc_t>(cu_steps, b_begin, b_end, num_steps, hazard_block, visitor);
   });
 }

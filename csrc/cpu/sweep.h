@@ -81,6 +81,23 @@ void transform_block(const scalar_t* x, int64_t n, acc_t* out, const VecFn& f) {
   if (i < n) f(load(i, n - i)).store(out + i, n - i);
 }
 
+// Runs f(first, count) over [begin, end) in steps of one SIMD vector (count < width at the end):
+// the per-trajectory epilogues run eight (AVX2) trajectories at a time.
+template <typename acc_t, typename F>
+void for_each_vector(int64_t begin, int64_t end, const F& f) {
+  constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
+  for (int64_t first = begin; first < end; first += kLanes) f(first, std::min(kLanes, end - first));
+}
+
+// A lane mask (all bits set where true) from count values of any arithmetic type.
+template <typename acc_t, typename T, typename Predicate>
+at::vec::Vectorized<acc_t> lane_mask(const T* values, int64_t count, const Predicate& predicate) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  acc_t flags[Vec::size()] = {};
+  for (int64_t k = 0; k < count; ++k) flags[k] = predicate(values[k]) ? acc_t(1) : acc_t(0);
+  return Vec::loadu(flags) > Vec(acc_t(0.5));
+}
+
 // Visits trajectories [b_begin, b_end) in order (kReverse: last step first). For each block of
 // steps, transform(first_step, count, values) fills values[0, count); then for each trajectory
 // piece [lo, hi) in the block, visitor.piece(b, lo, hi, values + (lo - first_step)). visitor.begin(b)

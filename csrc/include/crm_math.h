@@ -1,9 +1,11 @@
 // The math of SPEC.md sections 1, 3 and 4, in one place for every compiled backend.
 //
 // Each formula is a template over a value type T. Math<T> supplies the primitives (exp, log1p,
-// ...): scalar float and double are specialised here, SIMD vectors in cpu/vec_math.h, so the CPU
+// ..., and select(mask, a, b) for the branches, so that SIMD lanes can take different ones):
+// scalar float and double are specialised here, SIMD vectors in cpu/vec_math.h, so the CPU
 // kernels evaluate exactly these expressions lane by lane and the CUDA kernels per thread.
-// Nothing else in csrc/ re-derives a formula.
+// Comparisons (a > b) give a bool for scalars and a lane mask for vectors. Nothing else in csrc/
+// re-derives a formula.
 #pragma once
 
 #include <cmath>
@@ -29,6 +31,7 @@ struct Math<float> {
   static CRM_HOST_DEVICE float abs(float x) { return ::fabsf(x); }
   // NaN compares false and becomes 0 here; softplus still returns NaN through its log1p term.
   static CRM_HOST_DEVICE float relu(float x) { return x > 0.0f ? x : 0.0f; }
+  static CRM_HOST_DEVICE float select(bool mask, float a, float b) { return mask ? a : b; }
 };
 
 template <>
@@ -39,6 +42,7 @@ struct Math<double> {
   static CRM_HOST_DEVICE double log1p(double x) { return ::log1p(x); }
   static CRM_HOST_DEVICE double abs(double x) { return ::fabs(x); }
   static CRM_HOST_DEVICE double relu(double x) { return x > 0.0 ? x : 0.0; }
+  static CRM_HOST_DEVICE double select(bool mask, double a, double b) { return mask ? a : b; }
 };
 
 // ---- per element --------------------------------------------------------------------------
@@ -68,7 +72,7 @@ CRM_HOST_DEVICE T sigmoid(T x) {
   return T(1) / (T(1) + Math<T>::exp(T(0) - x));
 }
 
-// ---- per trajectory (scalar only) ---------------------------------------------------------
+// ---- per trajectory -----------------------------------------------------------------------
 
 // log S(T) is clamped below 0 before L_W and its gradient (SPEC 4): a = 0 means every softplus
 // term underflowed, and -log(1 - S) would be +inf. The bound is float32's smallest normal for every
@@ -77,14 +81,15 @@ constexpr double kMaxLogSurvival = -1.17549435e-38;
 
 template <typename T>
 CRM_HOST_DEVICE T clamp_log_survival(T log_survival) {
-  return log_survival > T(kMaxLogSurvival) ? T(kMaxLogSurvival) : log_survival;
+  return Math<T>::select(log_survival > T(kMaxLogSurvival), T(kMaxLogSurvival), log_survival);
 }
 
-// log(1 - e^a) for a < 0, split at -ln 2 to stay accurate on both sides (Maechler 2012).
+// log(1 - e^a) for a < 0, split at -ln 2 to stay accurate on both sides (Maechler 2012). Both
+// sides are evaluated (SIMD lanes may need either); the side not taken may be -inf, never chosen.
 template <typename T>
 CRM_HOST_DEVICE T log1mexp(T a) {
   using M = Math<T>;
-  return a > T(-0.693147180559945309) ? M::log(T(0) - M::expm1(a)) : M::log1p(T(0) - M::exp(a));
+  return M::select(a > T(-0.693147180559945309), M::log(T(0) - M::expm1(a)), M::log1p(T(0) - M::exp(a)));
 }
 
 // L_W = -log(1 - S(T)) of a flawed trajectory (SPEC 3), from a = log S(T).
@@ -109,21 +114,22 @@ struct LossWeights {
 // l_i of SPEC 3 from the trajectory's sums:
 //   softplus_sum     = sum_t softplus(x_t) = -log S(T)
 //   first_error_nll  = L_z = softplus(-x_z) + sum_{t<z} softplus(x_t)  (ignored unless has_first_error)
-template <typename T>
-CRM_HOST_DEVICE T trajectory_loss(T softplus_sum, T first_error_nll, bool correct, bool has_first_error,
+// Mask is bool for scalars, a lane mask for SIMD vectors.
+template <typename T, typename Mask>
+CRM_HOST_DEVICE T trajectory_loss(T softplus_sum, T first_error_nll, Mask correct, Mask has_first_error,
                                   const LossWeights& w) {
-  if (correct) return T(w.survive) * softplus_sum;
-  T loss = T(w.wrong) * flawed_loss(T(0) - softplus_sum);
-  if (has_first_error) loss += T(w.first_error) * first_error_nll;
-  return loss;
+  using M = Math<T>;
+  const T flawed = T(w.wrong) * flawed_loss(T(0) - softplus_sum) +
+                   M::select(has_first_error, T(w.first_error) * first_error_nll, T(0));
+  return M::select(correct, T(w.survive) * softplus_sum, flawed);
 }
 
 // dl_i/dx_t = h_t * (coef + [t < z] w_z) for t != z, and h_z * coef - w_z * sigmoid(-x_z) at t = z,
 // where coef is w_S (correct) or w_W * flawed_grad_scale(a) (flawed). At t = z, h_z - 1 is written
 // as -sigmoid(-x_z) because 1 - h_z cancels to 0 in float32 once x_z > 17.
-template <typename T>
-CRM_HOST_DEVICE T trajectory_grad_coef(T log_survival, bool correct, const LossWeights& w) {
-  return correct ? T(w.survive) : T(w.wrong) * flawed_grad_scale(log_survival);
+template <typename T, typename Mask>
+CRM_HOST_DEVICE T trajectory_grad_coef(T log_survival, Mask correct, const LossWeights& w) {
+  return Math<T>::select(correct, T(w.survive), T(w.wrong) * flawed_grad_scale(log_survival));
 }
 
 }  // namespace crm
