@@ -1,13 +1,14 @@
 """Builds crm_kernels._C: the C++ CPU kernels (always) and the CUDA kernels (when a CUDA build of
-torch and nvcc are present). Importing crm_kernels never requires the extension: without it the
+torch and nvcc are present, for sm_80 and sm_90). Importing crm_kernels never requires the extension: without it the
 "torch" and "triton" backends still work and `available_backends()` says what is missing."""
 
 import os
 import platform
 from pathlib import Path
 
+import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
@@ -27,16 +28,30 @@ def cpu_simd_flags():
     return []
 
 
+def build_cuda() -> bool:
+    """CUDA kernels too when torch is a CUDA build and nvcc is found; CRM_KERNELS_NO_CUDA=1 skips."""
+    return os.environ.get("CRM_KERNELS_NO_CUDA") != "1" and torch.version.cuda is not None and CUDA_HOME is not None
+
+
 def extensions():
-    sources = [str(p.relative_to(ROOT)) for p in [CSRC / "ops.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]]
+    relative = lambda paths: [str(p.relative_to(ROOT)) for p in paths]  # noqa: E731
+    sources = relative([CSRC / "ops.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))])
     include_dirs = [str(CSRC / "include"), str(CSRC / "cpu")]
-    cxx_flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas", *cpu_simd_flags()]
+    compile_args = {"cxx": ["-O3", "-fopenmp", "-Wno-unknown-pragmas", *cpu_simd_flags()]}
+    extension = CppExtension
+    if build_cuda():
+        # Ampere and Hopper; TORCH_CUDA_ARCH_LIST set by the user wins.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        sources += relative([*sorted((CSRC / "cuda").glob("*.cu")), CSRC / "cuda" / "ops_cuda.cpp"])
+        include_dirs.append(str(CSRC / "cuda"))
+        compile_args["nvcc"] = ["-O3", "-std=c++17"]
+        extension = CUDAExtension
     return [
-        CppExtension(
+        extension(
             "crm_kernels._C",
             sources,
             include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags},
+            extra_compile_args=compile_args,
             extra_link_args=["-fopenmp"],
         )
     ]

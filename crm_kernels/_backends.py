@@ -20,6 +20,10 @@ import torch
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 
+# "auto" on GPUs. Triton comes first until the CUDA kernels have been run and timed on a GPU: the
+# Triton kernels' logic is checked on every CI run (interpreter), the CUDA kernels' only compiled.
+GPU_PREFERENCE = ("triton", "cuda", "torch")
+
 
 @functools.cache
 def _extension_error() -> str | None:
@@ -66,7 +70,7 @@ def _available_on(device_type: str) -> tuple[str, ...]:
     # for torch.compile (the dispatcher query behind it cannot be traced). functools.cache here
     # would hide this function from Dynamo's assume_constant_result.
     if device_type not in _AVAILABLE_ON:
-        order = ("cuda", "triton", "torch") if device_type == "cuda" else ("cpu", "triton", "torch")
+        order = GPU_PREFERENCE if device_type == "cuda" else ("cpu", "triton", "torch")
         _AVAILABLE_ON[device_type] = tuple(name for name in order if is_available(name, torch.device(device_type)))
     return _AVAILABLE_ON[device_type]
 

@@ -140,25 +140,15 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
   });
 }
 
-struct LabelTensors {
-  at::Tensor correct, first_error;
-  LabelTensors(const at::Tensor& outcome, const std::optional<at::Tensor>& first_error_in)
-      : correct(outcome.to(at::kBool).contiguous()),
-        first_error(first_error_in ? first_error_in->to(at::kLong).contiguous() : at::Tensor()) {}
-  Labels labels() const {
-    return {correct.const_data_ptr<bool>(), first_error.defined() ? first_error.const_data_ptr<int64_t>() : nullptr};
-  }
-};
-
 std::tuple<at::Tensor, at::Tensor> crm_loss_forward(const at::Tensor& logits_in, const at::Tensor& cu_steps_in,
                                                     const at::Tensor& outcome,
                                                     const std::optional<at::Tensor>& first_error, double w_survive,
                                                     double w_wrong, double w_first_error) {
   const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
   const LabelTensors labels(outcome, first_error);
+  const Labels label_view{labels.correct_ptr(), labels.first_error_ptr()};
   const int64_t batch = num_trajectories(cu_steps);
-  TORCH_CHECK(labels.correct.numel() >= batch && (!labels.first_error.defined() || labels.first_error.numel() >= batch),
-              "crm_loss: outcome and first_error need one entry per trajectory");
+  TORCH_CHECK(labels.cover(batch), "crm_loss: outcome and first_error need one entry per trajectory");
   const auto acc_options = logits.options().dtype(accumulate_type(logits));
   at::Tensor losses = at::empty({batch}, acc_options), log_survival_total = at::empty({batch}, acc_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_forward", [&] {
@@ -166,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> crm_loss_forward(const at::Tensor& logits_in,
       using acc_t = at::opmath_type<scalar_t>;
       crm_loss_forward_kernel<scalar_t, index_t>(
           logits.const_data_ptr<scalar_t>(), cu_steps.const_data_ptr<index_t>(), batch, logits.numel(),
-          labels.labels(), LossWeights{w_survive, w_wrong, w_first_error}, losses.mutable_data_ptr<acc_t>(),
+          label_view, LossWeights{w_survive, w_wrong, w_first_error}, losses.mutable_data_ptr<acc_t>(),
           log_survival_total.mutable_data_ptr<acc_t>());
     });
   });
@@ -179,11 +169,12 @@ at::Tensor crm_loss_backward(const at::Tensor& grad_losses_in, const at::Tensor&
                              double w_survive, double w_wrong, double w_first_error) {
   const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
   const LabelTensors labels(outcome, first_error);
+  const Labels label_view{labels.correct_ptr(), labels.first_error_ptr()};
   const int64_t batch = num_trajectories(cu_steps);
   const auto acc_type = accumulate_type(logits);
   const at::Tensor grad_losses = grad_losses_in.to(acc_type).contiguous();
   const at::Tensor log_survival_total = log_survival_total_in.to(acc_type).contiguous();
-  TORCH_CHECK(grad_losses.numel() >= batch && log_survival_total.numel() >= batch,
+  TORCH_CHECK(labels.cover(batch) && grad_losses.numel() >= batch && log_survival_total.numel() >= batch,
               "crm_loss_backward: per-trajectory inputs are shorter than the batch");
   at::Tensor grad_logits = at::empty_like(logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_backward", [&] {
@@ -191,7 +182,7 @@ at::Tensor crm_loss_backward(const at::Tensor& grad_losses_in, const at::Tensor&
       using acc_t = at::opmath_type<scalar_t>;
       crm_loss_backward_kernel<scalar_t, index_t>(
           grad_losses.const_data_ptr<acc_t>(), logits.const_data_ptr<scalar_t>(), cu_steps.const_data_ptr<index_t>(),
-          batch, logits.numel(), labels.labels(), log_survival_total.const_data_ptr<acc_t>(),
+          batch, logits.numel(), label_view, log_survival_total.const_data_ptr<acc_t>(),
           LossWeights{w_survive, w_wrong, w_first_error}, grad_logits.mutable_data_ptr<scalar_t>());
     });
   });

@@ -22,14 +22,9 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "crm_ops.h"
+
 namespace crm::cpu {
-
-// Scans and losses accumulate in float32, or float64 for float64 logits (SPEC 4).
-inline at::ScalarType accumulate_type(const at::Tensor& logits) {
-  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-inline int64_t num_trajectories(const at::Tensor& cu_steps) { return std::max<int64_t>(cu_steps.numel() - 1, 0); }
 
 constexpr int64_t kBlockSteps = 1024;
 // Below this many steps per range, threading costs more than it saves.

@@ -40,6 +40,7 @@ bool inputs_are_valid(const at::Tensor& logits, const at::Tensor& cu_steps_in,
   const at::Tensor cu_steps = cu_steps_in.contiguous();
   const int64_t batch = num_trajectories(cu_steps);
   if (cu_steps.numel() == 0) return false;
+  // int64 rather than LabelTensors' bool: an outcome of 2 must stay visible.
   const at::Tensor outcome = outcome_in ? outcome_in->to(at::kLong).contiguous() : at::Tensor();
   const at::Tensor first_error = first_error_in ? first_error_in->to(at::kLong).contiguous() : at::Tensor();
   if ((outcome.defined() && outcome.numel() != batch) || (first_error.defined() && first_error.numel() != batch)) {

@@ -1,0 +1,155 @@
+// The CUDA implementations of the crm_kernels_C schemas (csrc/ops.cpp): tensors in, launchers.h
+// out. Built only when torch has CUDA; it needs no c10/cuda header (the stream comes through
+// c10::Stream::native_handle), so CI can compile-check it against a CPU build of torch.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "crm_ops.h"
+#include "launchers.h"
+
+namespace crm::cuda {
+namespace {
+
+// at::Half / at::BFloat16 have the layout of CUDA's own types; the kernels use the latter.
+template <typename scalar_t>
+struct Native {
+  using type = scalar_t;
+};
+template <>
+struct Native<at::Half> {
+  using type = __half;
+};
+template <>
+struct Native<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+template <typename scalar_t>
+auto native(const at::Tensor& t) {
+  return reinterpret_cast<const typename Native<scalar_t>::type*>(t.const_data_ptr<scalar_t>());
+}
+template <typename scalar_t>
+auto native_mut(at::Tensor& t) {
+  return reinterpret_cast<typename Native<scalar_t>::type*>(t.mutable_data_ptr<scalar_t>());
+}
+
+cudaStream_t current_stream(const at::Tensor& t) {
+  return static_cast<cudaStream_t>(
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(t.device()).native_handle());
+}
+
+void check(cudaError_t status) {
+  TORCH_CHECK(status == cudaSuccess, "crm_kernels CUDA kernel failed: ", cudaGetErrorString(status));
+}
+
+at::Tensor workspace(const at::Tensor& like, int64_t bytes) {
+  return at::empty({bytes}, like.options().dtype(at::kByte));
+}
+
+at::Tensor log_survival_forward_op(const at::Tensor& logits_in, const at::Tensor& cu_steps_in) {
+  const c10::DeviceGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
+  at::Tensor log_survival = at::empty(logits.sizes(), logits.options().dtype(accumulate_type(logits)));
+  at::Tensor scratch = workspace(logits, log_survival_workspace_bytes(logits.numel(), logits.scalar_type() == at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "log_survival_forward", [&] {
+    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "log_survival_forward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      check(log_survival_forward(native<scalar_t>(logits), cu_steps.const_data_ptr<index_t>(),
+                                            num_trajectories(cu_steps), logits.numel(),
+                                            log_survival.mutable_data_ptr<acc_t>(), scratch.mutable_data_ptr(),
+                                            current_stream(logits)));
+    });
+  });
+  return log_survival;
+}
+
+at::Tensor log_survival_backward_op(const at::Tensor& grad_in, const at::Tensor& logits_in, const at::Tensor& cu_steps_in) {
+  const c10::DeviceGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
+  const at::Tensor grad_log_survival = grad_in.to(accumulate_type(logits)).contiguous();
+  at::Tensor grad_logits = at::empty_like(logits);
+  at::Tensor scratch = workspace(logits, log_survival_workspace_bytes(logits.numel(), logits.scalar_type() == at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "log_survival_backward", [&] {
+    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "log_survival_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      check(log_survival_backward(grad_log_survival.const_data_ptr<acc_t>(), native<scalar_t>(logits),
+                                             cu_steps.const_data_ptr<index_t>(), num_trajectories(cu_steps),
+                                             logits.numel(), native_mut<scalar_t>(grad_logits),
+                                             scratch.mutable_data_ptr(), current_stream(logits)));
+    });
+  });
+  return grad_logits;
+}
+
+std::tuple<at::Tensor, at::Tensor> crm_loss_forward_op(const at::Tensor& logits_in, const at::Tensor& cu_steps_in,
+                                                    const at::Tensor& outcome,
+                                                    const std::optional<at::Tensor>& first_error, double w_survive,
+                                                    double w_wrong, double w_first_error) {
+  const c10::DeviceGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
+  const LabelTensors labels(outcome, first_error);
+  const int64_t batch = num_trajectories(cu_steps);
+  TORCH_CHECK(labels.cover(batch), "crm_loss: outcome and first_error need one entry per trajectory");
+  // Zeroed: empty trajectories have no step that would write their (zero) loss.
+  const auto acc_options = logits.options().dtype(accumulate_type(logits));
+  at::Tensor losses = at::zeros({batch}, acc_options), log_survival_total = at::zeros({batch}, acc_options);
+  at::Tensor scratch = workspace(logits, crm_loss_workspace_bytes(logits.numel(), logits.scalar_type() == at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_forward", [&] {
+    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "crm_loss_forward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      check(crm_loss_forward(native<scalar_t>(logits), cu_steps.const_data_ptr<index_t>(), batch,
+                                        logits.numel(), labels.correct_ptr(), labels.first_error_ptr(),
+                                        LossWeights{w_survive, w_wrong, w_first_error},
+                                        losses.mutable_data_ptr<acc_t>(), log_survival_total.mutable_data_ptr<acc_t>(),
+                                        scratch.mutable_data_ptr(), current_stream(logits)));
+    });
+  });
+  return {losses, log_survival_total};
+}
+
+at::Tensor crm_loss_backward_op(const at::Tensor& grad_losses_in, const at::Tensor& logits_in,
+                             const at::Tensor& cu_steps_in, const at::Tensor& outcome,
+                             const std::optional<at::Tensor>& first_error, const at::Tensor& log_survival_total_in,
+                             double w_survive, double w_wrong, double w_first_error) {
+  const c10::DeviceGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
+  const LabelTensors labels(outcome, first_error);
+  const int64_t batch = num_trajectories(cu_steps);
+  const auto acc_type = accumulate_type(logits);
+  const at::Tensor grad_losses = grad_losses_in.to(acc_type).contiguous();
+  const at::Tensor log_survival_total = log_survival_total_in.to(acc_type).contiguous();
+  TORCH_CHECK(labels.cover(batch) && grad_losses.numel() >= batch && log_survival_total.numel() >= batch,
+              "crm_loss_backward: per-trajectory inputs are shorter than the batch");
+  at::Tensor grad_logits = at::empty_like(logits);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_backward", [&] {
+    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "crm_loss_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      check(crm_loss_backward(grad_losses.const_data_ptr<acc_t>(), native<scalar_t>(logits),
+                                         cu_steps.const_data_ptr<index_t>(), batch, logits.numel(),
+                                         labels.correct_ptr(), labels.first_error_ptr(),
+                                         log_survival_total.const_data_ptr<acc_t>(),
+                                         LossWeights{w_survive, w_wrong, w_first_error},
+                                         native_mut<scalar_t>(grad_logits), current_stream(logits)));
+    });
+  });
+  return grad_logits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(crm_kernels_C, CUDA, m) {
+  m.impl("log_survival_forward", &log_survival_forward_op);
+  m.impl("log_survival_backward", &log_survival_backward_op);
+  m.impl("crm_loss_forward", &crm_loss_forward_op);
+  m.impl("crm_loss_backward", &crm_loss_backward_op);
+}
+
+}  // namespace crm::cuda

@@ -1,0 +1,35 @@
+// Tensor plumbing shared by the CPU and CUDA op registrations (not by the kernels themselves).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <optional>
+
+namespace crm {
+
+// Scans and losses accumulate in float32, or float64 for float64 logits (SPEC 4).
+inline at::ScalarType accumulate_type(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline int64_t num_trajectories(const at::Tensor& cu_steps) { return std::max<int64_t>(cu_steps.numel() - 1, 0); }
+
+// The per-trajectory labels as the kernels read them, bool and int64, whatever integer type they
+// came in (a no-op when they already are).
+struct LabelTensors {
+  at::Tensor correct, first_error;
+  LabelTensors(const at::Tensor& outcome, const std::optional<at::Tensor>& first_error_in)
+      : correct(outcome.to(at::kBool).contiguous()),
+        first_error(first_error_in ? first_error_in->to(at::kLong).contiguous() : at::Tensor()) {}
+  const bool* correct_ptr() const { return correct.const_data_ptr<bool>(); }
+  // nullptr: the first wrong step is unknown for every trajectory.
+  const int64_t* first_error_ptr() const {
+    return first_error.defined() ? first_error.const_data_ptr<int64_t>() : nullptr;
+  }
+  bool cover(int64_t batch) const {
+    return correct.numel() >= batch && (!first_error.defined() || first_error.numel() >= batch);
+  }
+};
+
+}  // namespace crm
