@@ -15,10 +15,7 @@ from torch import Tensor
 
 from ._backends import kernels
 from ._validate import check_values
-
-
-def _accumulate_dtype(logits: Tensor) -> torch.dtype:
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+from .reference import accumulate_dtype
 
 
 # ---- log_survival ----------------------------------------------------------------------------
@@ -34,7 +31,7 @@ def log_survival(logits: Tensor, cu_steps: Tensor, backend: str, validate: bool)
 
 @log_survival.register_fake
 def _(logits, cu_steps, backend, validate):
-    return logits.new_empty(logits.shape, dtype=_accumulate_dtype(logits))
+    return logits.new_empty(logits.shape, dtype=accumulate_dtype(logits.dtype))
 
 
 @torch.library.custom_op("crm_kernels::log_survival_backward", mutates_args=())
@@ -82,7 +79,7 @@ def crm_loss(
 @crm_loss.register_fake
 def _(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, backend, validate):
     batch = cu_steps.shape[0] - 1
-    per_trajectory = logits.new_empty((batch,), dtype=_accumulate_dtype(logits))
+    per_trajectory = logits.new_empty((batch,), dtype=accumulate_dtype(logits.dtype))
     return per_trajectory, torch.empty_like(per_trajectory)
 
 

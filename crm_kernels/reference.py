@@ -22,6 +22,8 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scans and losses accumulate in float32, float64 for float64 logits (SPEC 4); every backend
+    allocates its outputs with this."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

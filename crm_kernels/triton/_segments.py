@@ -141,10 +141,6 @@ def search_steps(num_trajectories: int) -> int:
     return max(num_trajectories - 1, 1).bit_length()
 
 
-def accumulate_dtype(logits: torch.Tensor) -> torch.dtype:
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
-
-
 def tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 

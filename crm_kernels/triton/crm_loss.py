@@ -9,10 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import accumulate_dtype
 from . import _math
 from ._segments import (
     BLOCK_STEPS,
-    accumulate_dtype,
     add_carry,
     chunk_layout,
     launch_scan,
@@ -97,7 +97,7 @@ def _first_error_arg(first_error, logits):
 
 def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, block=BLOCK_STEPS):
     logits, cu_steps, outcome = logits.contiguous(), cu_steps.contiguous(), outcome.contiguous()
-    acc_dtype = accumulate_dtype(logits)
+    acc_dtype = accumulate_dtype(logits.dtype)
     num_steps, num_trajectories = logits.numel(), max(cu_steps.numel() - 1, 0)
     # Empty trajectories have no step to write their loss: they are correct ones (validated), loss 0.
     losses = torch.zeros(num_trajectories, dtype=acc_dtype, device=logits.device)
@@ -127,6 +127,6 @@ def crm_loss_backward(
     _crm_loss_backward_kernel[(triton.cdiv(num_steps, block),)](
         grad_losses.contiguous(), logits, cu_steps, outcome, first_error, log_survival_total.contiguous(), grad_logits,
         w_survive, w_wrong, w_first_error, num_steps, num_trajectories, search_steps(num_trajectories),
-        HAS_FIRST_ERROR=has_first_error, ACC=tl_dtype(accumulate_dtype(logits)), BLOCK=block,
+        HAS_FIRST_ERROR=has_first_error, ACC=tl_dtype(accumulate_dtype(logits.dtype)), BLOCK=block,
     )  # fmt: skip
     return grad_logits

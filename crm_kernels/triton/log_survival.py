@@ -5,10 +5,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import accumulate_dtype
 from . import _math
 from ._segments import (
     BLOCK_STEPS,
-    accumulate_dtype,
     add_carry,
     chunk_layout,
     launch_scan,
@@ -63,7 +63,7 @@ def _log_survival_backward_kernel(
 
 def log_survival_forward(logits: torch.Tensor, cu_steps: torch.Tensor, block: int = BLOCK_STEPS) -> torch.Tensor:
     logits, cu_steps = logits.contiguous(), cu_steps.contiguous()
-    acc_dtype = accumulate_dtype(logits)
+    acc_dtype = accumulate_dtype(logits.dtype)
     num_steps, num_trajectories = logits.numel(), cu_steps.numel() - 1
     if num_steps == 0 or num_trajectories < 1:
         return torch.zeros(num_steps, dtype=acc_dtype, device=logits.device)
@@ -81,7 +81,7 @@ def log_survival_backward(
 ) -> torch.Tensor:
     logits, cu_steps = logits.contiguous(), cu_steps.contiguous()
     grad_log_survival = grad_log_survival.contiguous()
-    acc_dtype = accumulate_dtype(logits)
+    acc_dtype = accumulate_dtype(logits.dtype)
     num_steps, num_trajectories = logits.numel(), cu_steps.numel() - 1
     if num_steps == 0 or num_trajectories < 1:
         return torch.zeros_like(logits)
