@@ -38,6 +38,10 @@ def extensions():
     sources = relative([CSRC / "ops.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))])
     include_dirs = [str(CSRC / "include"), str(CSRC / "cpu")]
     compile_args = {"cxx": ["-O3", "-fopenmp", "-Wno-unknown-pragmas", *cpu_simd_flags()]}
+    link_args = ["-fopenmp"]
+    if os.environ.get("CRM_KERNELS_SANITIZE") == "address":  # make asan
+        compile_args["cxx"] += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-O1"]
+        link_args.append("-fsanitize=address")
     extension = CppExtension
     if build_cuda():
         # Ampere and Hopper; TORCH_CUDA_ARCH_LIST set by the user wins.
@@ -52,7 +56,7 @@ def extensions():
             sources,
             include_dirs=include_dirs,
             extra_compile_args=compile_args,
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_args,
         )
     ]
 
