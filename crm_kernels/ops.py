@@ -30,7 +30,8 @@ def log_survival(logits: Tensor, cu_steps: Tensor, *, validate: bool = True, bac
         validate: check the offsets' values (one device sync). False skips it, e.g. for CUDA-graph
             capture; kernels stay in bounds whatever they are given, but results of bad input are
             undefined.
-        backend: "auto" (fastest available), "torch", "cpu", "triton" or "cuda".
+        backend: "auto" (the first of `available_backends(logits.device)`), "torch", "cpu",
+            "triton" or "cuda".
 
     Returns:
         [N] float32 (float64 for float64 logits), differentiable with respect to logits.

@@ -131,7 +131,6 @@ def test_mean_is_the_papers_objective(seed):
 def test_reference_forms_agree(dtype, seed):
     """The loop, padded and ragged references are three codings of one formula."""
     batch = make_batch(seed, dtype, scale=5.0, batch=48, long_steps=500)
-    args = (batch.cu_steps, batch.outcome, batch.first_error)
     tol = FORWARD_TOL[dtype]
     for first_error in (batch.first_error, None):
         args = (batch.cu_steps, batch.outcome, first_error)

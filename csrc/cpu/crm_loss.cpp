@@ -1,5 +1,6 @@
 // crm_loss on the CPU: the per-trajectory loss l_i of SPEC 3 (L_S, L_W, L_z) in one pass over the
-// steps, and its gradient with respect to the logits in one more.
+// steps, and its gradient with respect to the logits in one more; the per-trajectory parts of each
+// (L_W, its gradient scale) run SIMD over the trajectories of a range.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -73,7 +74,7 @@ void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, in
   parallel_for_trajectories(cu_steps, num_trajectories, num_steps, [&](int64_t b_begin, int64_t b_end) {
     LossSums visitor{logits, cu_steps, labels, losses, log_survival_total};
     sweep<false, index_t, acc_t>(cu_steps, b_begin, b_end, num_steps, softplus_block, visitor);
-    // Pass 2 over the range's trajectories, SIMD: the loss epilogue (L_W's log1mexp is the costly part).
+    // Pass 2 over the range's trajectories, eight (AVX2) at a time: the loss epilogue.
     for_each_vector<acc_t>(b_begin, b_end, [&](int64_t first, int64_t count) {
       const LabelMasks<acc_t> masks(labels, first, count);
       const Vec softplus_sum = Vec(acc_t(0)) - Vec::loadu(log_survival_total + first, count);
