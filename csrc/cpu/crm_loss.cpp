@@ -141,49 +141,40 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> crm_loss_forward(const at::Tensor& logits_in, const at::Tensor& cu_steps_in,
+std::tuple<at::Tensor, at::Tensor> crm_loss_forward(const at::Tensor& logits, const at::Tensor& cu_steps,
                                                     const at::Tensor& outcome,
                                                     const std::optional<at::Tensor>& first_error, double w_survive,
                                                     double w_wrong, double w_first_error) {
-  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
-  const LabelTensors labels(outcome, first_error);
-  const Labels label_view{labels.correct_ptr(), labels.first_error_ptr()};
-  const int64_t batch = num_trajectories(cu_steps);
-  TORCH_CHECK(labels.cover(batch), "crm_loss: outcome and first_error need one entry per trajectory");
-  const auto acc_options = logits.options().dtype(accumulate_type(logits));
-  at::Tensor losses = at::empty({batch}, acc_options), log_survival_total = at::empty({batch}, acc_options);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_forward", [&] {
-    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "crm_loss_forward", [&] {
+  const LossInputs in(logits, cu_steps, outcome, first_error);
+  at::Tensor losses = at::empty({in.batch}, in.accumulate_options());
+  at::Tensor log_survival_total = at::empty({in.batch}, in.accumulate_options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "crm_loss_forward", [&] {
+    AT_DISPATCH_INDEX_TYPES(in.cu_steps.scalar_type(), "crm_loss_forward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       crm_loss_forward_kernel<scalar_t, index_t>(
-          logits.const_data_ptr<scalar_t>(), cu_steps.const_data_ptr<index_t>(), batch, logits.numel(),
-          label_view, LossWeights{w_survive, w_wrong, w_first_error}, losses.mutable_data_ptr<acc_t>(),
-          log_survival_total.mutable_data_ptr<acc_t>());
+          in.logits.const_data_ptr<scalar_t>(), in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
+          Labels{in.labels.correct_ptr(), in.labels.first_error_ptr()}, LossWeights{w_survive, w_wrong, w_first_error},
+          losses.mutable_data_ptr<acc_t>(), log_survival_total.mutable_data_ptr<acc_t>());
     });
   });
   return {losses, log_survival_total};
 }
 
-at::Tensor crm_loss_backward(const at::Tensor& grad_losses_in, const at::Tensor& logits_in,
-                             const at::Tensor& cu_steps_in, const at::Tensor& outcome,
-                             const std::optional<at::Tensor>& first_error, const at::Tensor& log_survival_total_in,
-                             double w_survive, double w_wrong, double w_first_error) {
-  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
-  const LabelTensors labels(outcome, first_error);
-  const Labels label_view{labels.correct_ptr(), labels.first_error_ptr()};
-  const int64_t batch = num_trajectories(cu_steps);
-  const auto acc_type = accumulate_type(logits);
-  const at::Tensor grad_losses = grad_losses_in.to(acc_type).contiguous();
-  const at::Tensor log_survival_total = log_survival_total_in.to(acc_type).contiguous();
-  TORCH_CHECK(labels.cover(batch) && grad_losses.numel() >= batch && log_survival_total.numel() >= batch,
-              "crm_loss_backward: per-trajectory inputs are shorter than the batch");
-  at::Tensor grad_logits = at::empty_like(logits);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "crm_loss_backward", [&] {
+at::Tensor crm_loss_backward(const at::Tensor& grad_losses_in, const at::Tensor& logits, const at::Tensor& cu_steps,
+                             const at::Tensor& outcome, const std::optional<at::Tensor>& first_error,
+                             const at::Tensor& log_survival_total_in, double w_survive, double w_wrong,
+                             double w_first_error) {
+  const LossInputs in(logits, cu_steps, outcome, first_error);
+  const at::Tensor grad_losses = in.per_trajectory(grad_losses_in, "grad_losses");
+  const at::Tensor log_survival_total = in.per_trajectory(log_survival_total_in, "log_survival_total");
+  at::Tensor grad_logits = at::empty_like(in.logits);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "crm_loss_backward", [&] {
+    AT_DISPATCH_INDEX_TYPES(in.cu_steps.scalar_type(), "crm_loss_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       crm_loss_backward_kernel<scalar_t, index_t>(
-          grad_losses.const_data_ptr<acc_t>(), logits.const_data_ptr<scalar_t>(), cu_steps.const_data_ptr<index_t>(),
-          batch, logits.numel(), label_view, log_survival_total.const_data_ptr<acc_t>(),
+          grad_losses.const_data_ptr<acc_t>(), in.logits.const_data_ptr<scalar_t>(),
+          in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
+          Labels{in.labels.correct_ptr(), in.labels.first_error_ptr()}, log_survival_total.const_data_ptr<acc_t>(),
           LossWeights{w_survive, w_wrong, w_first_error}, grad_logits.mutable_data_ptr<scalar_t>());
     });
   });

@@ -89,55 +89,47 @@ at::Tensor log_survival_backward_op(const at::Tensor& grad_in, const at::Tensor&
   return grad_logits;
 }
 
-std::tuple<at::Tensor, at::Tensor> crm_loss_forward_op(const at::Tensor& logits_in, const at::Tensor& cu_steps_in,
-                                                    const at::Tensor& outcome,
-                                                    const std::optional<at::Tensor>& first_error, double w_survive,
-                                                    double w_wrong, double w_first_error) {
-  const c10::DeviceGuard guard(logits_in.device());
-  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
-  const LabelTensors labels(outcome, first_error);
-  const int64_t batch = num_trajectories(cu_steps);
-  TORCH_CHECK(labels.cover(batch), "crm_loss: outcome and first_error need one entry per trajectory");
+std::tuple<at::Tensor, at::Tensor> crm_loss_forward_op(const at::Tensor& logits, const at::Tensor& cu_steps,
+                                                       const at::Tensor& outcome,
+                                                       const std::optional<at::Tensor>& first_error, double w_survive,
+                                                       double w_wrong, double w_first_error) {
+  const c10::DeviceGuard guard(logits.device());
+  const LossInputs in(logits, cu_steps, outcome, first_error);
   // Zeroed: empty trajectories have no step that would write their (zero) loss.
-  const auto acc_options = logits.options().dtype(accumulate_type(logits));
-  at::Tensor losses = at::zeros({batch}, acc_options), log_survival_total = at::zeros({batch}, acc_options);
-  at::Tensor scratch = workspace(logits, crm_loss_workspace_bytes(logits.numel(), logits.scalar_type() == at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_forward", [&] {
-    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "crm_loss_forward", [&] {
+  at::Tensor losses = at::zeros({in.batch}, in.accumulate_options());
+  at::Tensor log_survival_total = at::zeros({in.batch}, in.accumulate_options());
+  at::Tensor scratch =
+      workspace(in.logits, crm_loss_workspace_bytes(in.logits.numel(), in.logits.scalar_type() == at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "crm_loss_forward", [&] {
+    AT_DISPATCH_INDEX_TYPES(in.cu_steps.scalar_type(), "crm_loss_forward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      check(crm_loss_forward(native<scalar_t>(logits), cu_steps.const_data_ptr<index_t>(), batch,
-                                        logits.numel(), labels.correct_ptr(), labels.first_error_ptr(),
-                                        LossWeights{w_survive, w_wrong, w_first_error},
-                                        losses.mutable_data_ptr<acc_t>(), log_survival_total.mutable_data_ptr<acc_t>(),
-                                        scratch.mutable_data_ptr(), current_stream(logits)));
+      check(crm_loss_forward(native<scalar_t>(in.logits), in.cu_steps.const_data_ptr<index_t>(), in.batch,
+                             in.logits.numel(), in.labels.correct_ptr(), in.labels.first_error_ptr(),
+                             LossWeights{w_survive, w_wrong, w_first_error}, losses.mutable_data_ptr<acc_t>(),
+                             log_survival_total.mutable_data_ptr<acc_t>(), scratch.mutable_data_ptr(),
+                             current_stream(in.logits)));
     });
   });
   return {losses, log_survival_total};
 }
 
-at::Tensor crm_loss_backward_op(const at::Tensor& grad_losses_in, const at::Tensor& logits_in,
-                             const at::Tensor& cu_steps_in, const at::Tensor& outcome,
-                             const std::optional<at::Tensor>& first_error, const at::Tensor& log_survival_total_in,
-                             double w_survive, double w_wrong, double w_first_error) {
-  const c10::DeviceGuard guard(logits_in.device());
-  const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
-  const LabelTensors labels(outcome, first_error);
-  const int64_t batch = num_trajectories(cu_steps);
-  const auto acc_type = accumulate_type(logits);
-  const at::Tensor grad_losses = grad_losses_in.to(acc_type).contiguous();
-  const at::Tensor log_survival_total = log_survival_total_in.to(acc_type).contiguous();
-  TORCH_CHECK(labels.cover(batch) && grad_losses.numel() >= batch && log_survival_total.numel() >= batch,
-              "crm_loss_backward: per-trajectory inputs are shorter than the batch");
-  at::Tensor grad_logits = at::empty_like(logits);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "crm_loss_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "crm_loss_backward", [&] {
+at::Tensor crm_loss_backward_op(const at::Tensor& grad_losses_in, const at::Tensor& logits,
+                                const at::Tensor& cu_steps, const at::Tensor& outcome,
+                                const std::optional<at::Tensor>& first_error, const at::Tensor& log_survival_total_in,
+                                double w_survive, double w_wrong, double w_first_error) {
+  const c10::DeviceGuard guard(logits.device());
+  const LossInputs in(logits, cu_steps, outcome, first_error);
+  const at::Tensor grad_losses = in.per_trajectory(grad_losses_in, "grad_losses");
+  const at::Tensor log_survival_total = in.per_trajectory(log_survival_total_in, "log_survival_total");
+  at::Tensor grad_logits = at::empty_like(in.logits);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "crm_loss_backward", [&] {
+    AT_DISPATCH_INDEX_TYPES(in.cu_steps.scalar_type(), "crm_loss_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      check(crm_loss_backward(grad_losses.const_data_ptr<acc_t>(), native<scalar_t>(logits),
-                                         cu_steps.const_data_ptr<index_t>(), batch, logits.numel(),
-                                         labels.correct_ptr(), labels.first_error_ptr(),
-                                         log_survival_total.const_data_ptr<acc_t>(),
-                                         LossWeights{w_survive, w_wrong, w_first_error},
-                                         native_mut<scalar_t>(grad_logits), current_stream(logits)));
+      check(crm_loss_backward(grad_losses.const_data_ptr<acc_t>(), native<scalar_t>(in.logits),
+                              in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
+                              in.labels.correct_ptr(), in.labels.first_error_ptr(),
+                              log_survival_total.const_data_ptr<acc_t>(), LossWeights{w_survive, w_wrong, w_first_error},
+                              native_mut<scalar_t>(grad_logits), current_stream(in.logits)));
     });
   });
   return grad_logits;

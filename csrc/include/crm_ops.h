@@ -32,4 +32,26 @@ struct LabelTensors {
   }
 };
 
+// crm_loss's inputs as every backend's kernels read them: contiguous, labels converted, and the
+// per-trajectory inputs of the backward in the accumulation dtype, each checked against the batch.
+struct LossInputs {
+  at::Tensor logits, cu_steps;
+  LabelTensors labels;
+  int64_t batch;
+  LossInputs(const at::Tensor& logits_in, const at::Tensor& cu_steps_in, const at::Tensor& outcome,
+             const std::optional<at::Tensor>& first_error)
+      : logits(logits_in.contiguous()),
+        cu_steps(cu_steps_in.contiguous()),
+        labels(outcome, first_error),
+        batch(num_trajectories(cu_steps)) {
+    TORCH_CHECK(labels.cover(batch), "crm_loss: outcome and first_error need one entry per trajectory");
+  }
+  at::TensorOptions accumulate_options() const { return logits.options().dtype(accumulate_type(logits)); }
+  at::Tensor per_trajectory(const at::Tensor& values, const char* name) const {
+    at::Tensor converted = values.to(accumulate_type(logits)).contiguous();
+    TORCH_CHECK(converted.numel() >= batch, "crm_loss_backward: ", name, " has fewer entries than trajectories");
+    return converted;
+  }
+};
+
 }  // namespace crm
