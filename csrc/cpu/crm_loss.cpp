@@ -54,14 +54,16 @@ void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, in
       first_error_step = z >= 0 ? static_cast<int64_t>(cu_steps[b]) + z : -1;
     }
     void piece(int64_t, int64_t lo, int64_t hi, const acc_t* softplus_values) {
+      acc_t running = softplus_sum;  // a local, as in log_survival.cpp's PrefixSum
       for (int64_t t = lo; t < hi; ++t) {
         if (t == first_error_step) {
           // L_z = -log h_z - sum_{t<z} log(1 - h_t), from the running sum before step z is added.
           const acc_t x = static_cast<acc_t>(logits[t]);
-          first_error_nll = softplus_sum + softplus_neg(x, softplus_tail(x));
+          first_error_nll = running + softplus_neg(x, softplus_tail(x));
         }
-        softplus_sum += softplus_values[t - lo];
+        running += softplus_values[t - lo];
       }
+      softplus_sum = running;
     }
     void end(int64_t b) {
       first_error_nll_out[b] = first_error_nll;
@@ -112,9 +114,10 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
     }
     void piece(int64_t, int64_t lo, int64_t hi, const acc_t* hazards) {
       const int64_t z = std::clamp(first_error_step, lo, hi);  // this piece's steps before z are [lo, z)
-      const acc_t before_z = coef + first_error_grad;
+      // Locals, so the stores through grad_logits cannot alias them and the loops vectorise.
+      const acc_t from_z = coef, before_z = coef + first_error_grad;
       for (int64_t t = lo; t < z; ++t) grad_logits[t] = static_cast<scalar_t>(before_z * hazards[t - lo]);
-      for (int64_t t = z; t < hi; ++t) grad_logits[t] = static_cast<scalar_t>(coef * hazards[t - lo]);
+      for (int64_t t = z; t < hi; ++t) grad_logits[t] = static_cast<scalar_t>(from_z * hazards[t - lo]);
       if (first_error_step >= lo && first_error_step < hi) {
         const acc_t x = static_cast<acc_t>(logits[first_error_step]);
         grad_logits[first_error_step] =

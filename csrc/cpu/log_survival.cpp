@@ -21,10 +21,14 @@ void log_survival_forward_kernel(const scalar_t* logits, const index_t* cu_steps
     acc_t sum = 0;
     void begin(int64_t) { sum = 0; }
     void piece(int64_t, int64_t lo, int64_t hi, const acc_t* softplus_values) {
+      // A local running sum: `out` could alias the member as far as the compiler knows, which
+      // would send every step's sum through memory.
+      acc_t running = sum;
       for (int64_t t = lo; t < hi; ++t) {
-        sum += softplus_values[t - lo];
-        out[t] = -sum;
+        running += softplus_values[t - lo];
+        out[t] = -running;
       }
+      sum = running;
     }
     void end(int64_t) {}
   };
@@ -49,10 +53,12 @@ void log_survival_backward_kernel(const at::opmath_type<scalar_t>* grad_log_surv
     acc_t sum = 0;
     void begin(int64_t) { sum = 0; }
     void piece(int64_t, int64_t lo, int64_t hi, const acc_t* hazards) {
+      acc_t running = sum;  // local, as in PrefixSum
       for (int64_t t = hi - 1; t >= lo; --t) {
-        sum += grad_out[t];
-        grad_in[t] = static_cast<scalar_t>(-hazards[t - lo] * sum);
+        running += grad_out[t];
+        grad_in[t] = static_cast<scalar_t>(-hazards[t - lo] * running);
       }
+      sum = running;
     }
     void end(int64_t) {}
   };
