@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._backends import available_backends
+from .reference import REDUCTIONS
 
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 OFFSET_DTYPES = (torch.int32, torch.int64)
@@ -84,7 +85,7 @@ def check_weights(weights) -> tuple[float, float, float]:
 
 
 def check_reduction(reduction: str, normalizer) -> None:
-    if reduction not in ("mean", "sum", "none"):
+    if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if normalizer is not None and reduction == "none":
         raise ValueError("normalizer divides a reduced loss: it needs reduction='mean' or 'sum', not 'none'")

@@ -135,7 +135,7 @@ def crm_loss_ragged(logits, cu_steps, outcome, first_error=None, weights=(1.0, 1
     survive_nll = x.new_zeros(lengths.numel()).index_add_(0, owner, softplus_terms)
     first_error_nll = None
     if first_error is not None:
-        index = torch.arange(x.numel(), device=x.device) - cu_steps[:-1].repeat_interleave(lengths, output_size=x.numel())
+        index = torch.arange(x.numel(), device=x.device) - cu_steps[:-1][owner]  # step index within its trajectory
         z = first_error[owner]
         terms = torch.where(index < z, softplus_terms, 0.0) + torch.where(index == z, softplus(-x), 0.0)
         first_error_nll = x.new_zeros(lengths.numel()).index_add_(0, owner, terms)

@@ -117,12 +117,6 @@ cudaError_t crm_loss_backward(const acc_t* grad_losses, const scalar_t* logits, 
                                                                     int64_t, int64_t, const bool*, const int64_t*, \
                                                                     const acc_t*, LossWeights, scalar_t*,          \
                                                                     cudaStream_t);
-#define CRM_INSTANTIATE_INDEX(scalar_t, acc_t) \
-  CRM_INSTANTIATE(scalar_t, int32_t, acc_t)    \
-  CRM_INSTANTIATE(scalar_t, int64_t, acc_t)
-CRM_INSTANTIATE_INDEX(float, float)
-CRM_INSTANTIATE_INDEX(double, double)
-CRM_INSTANTIATE_INDEX(__half, float)
-CRM_INSTANTIATE_INDEX(__nv_bfloat16, float)
+CRM_CUDA_FOR_EACH_TYPE(CRM_INSTANTIATE)
 
 }  // namespace crm::cuda

@@ -11,6 +11,18 @@
 
 #include "crm_math.h"
 
+// The (scalar_t, index_t, acc_t) combinations the launchers are built for; each .cu file passes
+// its own instantiation macro.
+#define CRM_CUDA_FOR_EACH_TYPE(INSTANTIATE) \
+  INSTANTIATE(float, int32_t, float)        \
+  INSTANTIATE(float, int64_t, float)        \
+  INSTANTIATE(double, int32_t, double)      \
+  INSTANTIATE(double, int64_t, double)      \
+  INSTANTIATE(__half, int32_t, float)       \
+  INSTANTIATE(__half, int64_t, float)       \
+  INSTANTIATE(__nv_bfloat16, int32_t, float) \
+  INSTANTIATE(__nv_bfloat16, int64_t, float)
+
 namespace crm::cuda {
 
 // Scratch bytes the scan launchers below need for num_steps steps (one allocation per call).

@@ -92,12 +92,6 @@ cudaError_t log_survival_backward(const acc_t* grad_log_survival, const scalar_t
   template cudaError_t log_survival_backward<scalar_t, index_t, acc_t>(const acc_t*, const scalar_t*, const index_t*, \
                                                                         int64_t, int64_t, scalar_t*, void*,         \
                                                                         cudaStream_t);
-#define CRM_INSTANTIATE_INDEX(scalar_t, acc_t) \
-  CRM_INSTANTIATE(scalar_t, int32_t, acc_t)    \
-  CRM_INSTANTIATE(scalar_t, int64_t, acc_t)
-CRM_INSTANTIATE_INDEX(float, float)
-CRM_INSTANTIATE_INDEX(double, double)
-CRM_INSTANTIATE_INDEX(__half, float)
-CRM_INSTANTIATE_INDEX(__nv_bfloat16, float)
+CRM_CUDA_FOR_EACH_TYPE(CRM_INSTANTIATE)
 
 }  // namespace crm::cuda
