@@ -46,14 +46,20 @@ def check_logits(logits) -> torch.Tensor:
 
 def check_cu_steps(cu_steps, logits: torch.Tensor) -> int:
     """Returns B, the number of trajectories."""
-    _tensor(cu_steps, "cu_steps")
-    if cu_steps.dtype not in OFFSET_DTYPES:
-        raise TypeError(f"cu_steps must be int32 or int64, got {cu_steps.dtype}")
-    _one_dim(cu_steps, "cu_steps")
-    if cu_steps.numel() == 0:
-        raise ValueError("cu_steps must have B + 1 >= 1 entries (cu_steps[0] == 0), got an empty tensor")
-    _same_device(cu_steps, "cu_steps", logits)
-    return cu_steps.numel() - 1
+    return check_offsets(cu_steps, logits, "cu_steps", "logits")
+
+
+def check_offsets(offsets, values: torch.Tensor, name: str, values_name: str) -> int:
+    """Metadata of [B + 1] offsets into `values` (cu_steps, cu_groups). Returns B."""
+    _tensor(offsets, name)
+    if offsets.dtype not in OFFSET_DTYPES:
+        raise TypeError(f"{name} must be int32 or int64, got {offsets.dtype}")
+    _one_dim(offsets, name)
+    if offsets.numel() == 0:
+        raise ValueError(f"{name} must have B + 1 >= 1 entries ({name}[0] == 0), got an empty tensor")
+    if offsets.device != values.device:
+        raise ValueError(f"{name} is on {offsets.device} but {values_name} is on {values.device}")
+    return offsets.numel() - 1
 
 
 def check_outcome(outcome, batch: int, logits: torch.Tensor) -> torch.Tensor:
@@ -113,19 +119,8 @@ def check_values(logits: torch.Tensor, cu_steps: torch.Tensor, outcome=None, fir
     tensors first take the C++ pass (one loop, no temporaries), which is all a valid batch needs."""
     if cu_steps.device.type == "cpu" and _compiled_check_passes(logits, cu_steps, outcome, first_error):
         return
-    num_steps = logits.numel()
     lengths = cu_steps[1:] - cu_steps[:-1]
-
-    def decreasing():
-        i = _first(lengths < 0)
-        return f"cu_steps[{i + 1}] = {int(cu_steps[i + 1])} < cu_steps[{i}] = {int(cu_steps[i])}"
-
-    rules = [
-        ("cu_steps[0] must be 0", cu_steps[0] != 0, lambda: f"got {int(cu_steps[0])}"),
-        ("cu_steps must be non-decreasing", (lengths < 0).any(), decreasing),
-        (f"cu_steps[-1] must equal len(logits) = {num_steps}", cu_steps[-1] != num_steps,
-         lambda: f"got {int(cu_steps[-1])}"),
-    ]  # fmt: skip
+    rules = _offset_rules(cu_steps, "cu_steps", logits.numel(), "len(logits)")
     if outcome is not None:
         not_binary = (outcome != 0) & (outcome != 1)
         empty_flawed = (outcome == 0) & (lengths == 0)
@@ -143,6 +138,31 @@ def check_values(logits: torch.Tensor, cu_steps: torch.Tensor, outcome=None, fir
                 ("first_error must be -1 on a correct trajectory (outcome 1)", on_correct.any(),
                  lambda: _entry("first_error", first_error, on_correct)),
             ]  # fmt: skip
+    _raise_first_failure(rules)
+
+
+def check_offset_values(offsets: torch.Tensor, name: str, length: int, length_name: str) -> None:
+    """The value rules for offsets alone (one device sync)."""
+    _raise_first_failure(_offset_rules(offsets, name, length, length_name))
+
+
+def _offset_rules(offsets: torch.Tensor, name: str, length: int, length_name: str):
+    lengths = offsets[1:] - offsets[:-1]
+
+    def decreasing():
+        i = _first(lengths < 0)
+        return f"{name}[{i + 1}] = {int(offsets[i + 1])} < {name}[{i}] = {int(offsets[i])}"
+
+    return [
+        (f"{name}[0] must be 0", offsets[0] != 0, lambda: f"got {int(offsets[0])}"),
+        (f"{name} must be non-decreasing", (lengths < 0).any(), decreasing),
+        (f"{name}[-1] must equal {length_name} = {length}", offsets[-1] != length,
+         lambda: f"got {int(offsets[-1])}"),
+    ]  # fmt: skip
+
+
+def _raise_first_failure(rules) -> None:
+    """rules: (message, bad: bool tensor, locate: () -> str). One sync fetches every rule."""
     failed = torch.stack([bad.reshape(()) for _, bad, _ in rules]).tolist()
     for (message, _, locate), bad in zip(rules, failed):
         if bad:
