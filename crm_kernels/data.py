@@ -1,0 +1,269 @@
+"""PRM data -> packed CRM tensors.
+
+A trajectory is a question and a list of steps; a step tag token follows every step, and the CRM
+reads its hazard logit at that tag (SPEC 1). Per-step labels give the outcome (every step right)
+and the first wrong step z (SPEC 3). Two formats that PRM data comes in are read here:
+
+- TRL's stepwise-supervision format: {"prompt": str, "completions": [str, ...], "labels": [bool, ...]}
+- Math-Shepherd: {"input": question and steps, each followed by a tag ("ки"),
+                  "label": the same text with each tag replaced by "+" or "-"}
+
+`find_step_ends` finds the step tags in a padded [B, L] batch, `find_step_ends_packed` in a
+packed sequence with HF's `cu_seq_lens_q` offsets; both return `cu_steps` and the tags' positions
+without a Python loop over rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ._validate import check_offset_values, check_offsets
+
+MATH_SHEPHERD_TAG = "ки"
+
+
+# ---------------------------------------------------------------------------------------------
+# Step tags in token tensors
+
+
+def _step_token_tensor(step_token_ids, device) -> Tensor:
+    ids = [step_token_ids] if isinstance(step_token_ids, int) else list(step_token_ids)
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise TypeError(f"step_token_ids must be an int or a non-empty list of ints, got {step_token_ids!r}")
+    return torch.tensor(ids, device=device)
+
+
+def _check_token_ids(input_ids, name: str = "input_ids") -> None:
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+        raise TypeError(f"{name} must hold integer token ids, got {input_ids.dtype}")
+
+
+def cu_steps_from_lengths(lengths, dtype: torch.dtype = torch.int64) -> Tensor:
+    """[B] step counts -> [B + 1] offsets."""
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be a 1-D integer tensor or list, got {lengths.dtype} {tuple(lengths.shape)}")
+    if lengths.numel() and bool((lengths < 0).any()):
+        raise ValueError(f"lengths must be >= 0, got {lengths.min().item()}")
+    offsets = torch.zeros(lengths.numel() + 1, dtype=dtype, device=lengths.device)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    return offsets
+
+
+def find_step_ends(input_ids: Tensor, attention_mask: Tensor | None, step_token_ids) -> tuple[Tensor, Tensor]:
+    """Step tags in a padded batch.
+
+    Args:
+        input_ids: [B, L] token ids, left or right padded.
+        attention_mask: [B, L] 1 on real tokens (tags under padding are ignored), or None.
+        step_token_ids: the tag's id, or a list of ids any of which ends a step.
+
+    Returns:
+        cu_steps: [B + 1] int64 offsets; row i owns steps cu_steps[i]:cu_steps[i + 1].
+        step_positions: [N] int64 column of each tag in its row, rows in order, left to right.
+    """
+    _check_token_ids(input_ids)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+    is_tag = torch.isin(input_ids, _step_token_tensor(step_token_ids, input_ids.device))
+    if attention_mask is not None:
+        if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
+            raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {shape}")
+        is_tag &= attention_mask.bool()
+    # nonzero is row-major, which is exactly the packed order; its size is data-dependent.
+    step_positions = is_tag.nonzero()[:, 1]
+    return cu_steps_from_lengths(is_tag.sum(1)), step_positions
+
+
+def find_step_ends_packed(input_ids: Tensor, cu_seq_lens: Tensor, step_token_ids) -> tuple[Tensor, Tensor]:
+    """Step tags in sequences packed into one row (HF `DataCollatorWithFlattening`).
+
+    Args:
+        input_ids: [T] or [1, T] token ids of all sequences back to back.
+        cu_seq_lens: [B + 1] sequence offsets into the T tokens (`cu_seq_lens_q`).
+        step_token_ids: as in `find_step_ends`.
+
+    Returns:
+        cu_steps: [B + 1] int64; step_positions: [N] int64 index of each tag among the T tokens.
+    """
+    _check_token_ids(input_ids)
+    if input_ids.dim() == 2 and input_ids.shape[0] == 1:
+        input_ids = input_ids[0]
+    if input_ids.dim() != 1:
+        raise ValueError(f"packed input_ids must be [T] or [1, T], got shape {tuple(input_ids.shape)}")
+    check_offsets(cu_seq_lens, input_ids, "cu_seq_lens", "input_ids")
+    check_offset_values(cu_seq_lens, "cu_seq_lens", input_ids.numel(), "the number of packed tokens")
+    is_tag = torch.isin(input_ids, _step_token_tensor(step_token_ids, input_ids.device))
+    step_positions = is_tag.nonzero()[:, 0]
+    return cu_steps_from_cu_seq_lens(step_positions, cu_seq_lens), step_positions
+
+
+def cu_steps_from_cu_seq_lens(step_positions: Tensor, cu_seq_lens: Tensor) -> Tensor:
+    """cu_steps from the sorted positions of the step tags in a packed row and the sequences'
+    offsets (`cu_seq_lens_q`, assumed valid): the steps before sequence i's first token are those
+    of sequences 0..i-1, so cu_steps[i] counts the tags before cu_seq_lens[i]."""
+    return torch.searchsorted(step_positions, cu_seq_lens.to(step_positions.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples and the two PRM formats
+
+
+@dataclass
+class PRMExample:
+    """One trajectory. `labels[t]` says whether step t is right; None when only the outcome is
+    known (a flawed trajectory whose first wrong step is hidden, or unlabeled data)."""
+
+    prompt: str
+    steps: list[str]
+    labels: list[bool] | None = None
+    outcome: bool | None = None
+
+    def __post_init__(self):
+        if self.labels is not None:
+            if len(self.labels) != len(self.steps):
+                raise ValueError(f"labels has {len(self.labels)} entries for {len(self.steps)} steps")
+            all_right = all(self.labels)
+            if self.outcome is not None and bool(self.outcome) != all_right:
+                raise ValueError(f"outcome={self.outcome} contradicts labels={self.labels}: the outcome is "
+                                 "correct exactly when every step is")  # fmt: skip
+            self.outcome = all_right
+        if self.outcome is None:
+            raise ValueError("a PRMExample needs labels or an outcome")
+        if not self.outcome and not self.steps:
+            raise ValueError("a flawed trajectory (outcome False) must have at least one step (SPEC 5)")
+
+    @property
+    def first_error(self) -> int:
+        """0-based first wrong step, -1 on a correct trajectory or when unknown."""
+        if self.labels is None or self.outcome:
+            return -1
+        return self.labels.index(False)
+
+
+def from_trl(record: dict) -> PRMExample:
+    """TRL's stepwise-supervision record: prompt, completions (the steps), labels."""
+    missing = {"prompt", "completions"} - set(record)
+    if missing:
+        raise ValueError(f"a TRL PRM record needs 'prompt' and 'completions' (and 'labels'); missing {sorted(missing)}")
+    labels = record.get("labels")
+    return PRMExample(
+        prompt=record["prompt"],
+        steps=list(record["completions"]),
+        labels=None if labels is None else [bool(label) for label in labels],
+        outcome=record.get("outcome"),
+    )
+
+
+def from_math_shepherd(record: dict, step_tag: str = MATH_SHEPHERD_TAG) -> PRMExample:
+    """Math-Shepherd record: `input` with a tag after each step, `label` with '+'/'-' in place of
+    each tag. The question is the text before "Step 1:" (all of it goes to the first step when
+    there is no such marker)."""
+    text, label_text = record["input"], record["label"]
+    pieces = text.split(step_tag)
+    steps, labels, cursor = [], [], 0
+    for piece in pieces[:-1]:
+        mark = label_text[cursor + len(piece): cursor + len(piece) + 1]
+        if label_text[cursor: cursor + len(piece)] != piece or mark not in ("+", "-"):
+            raise ValueError(f"Math-Shepherd 'label' does not match 'input' with '+'/'-' in place of "
+                             f"{step_tag!r} at step {len(steps)}")  # fmt: skip
+        steps.append(piece)
+        labels.append(mark == "+")
+        cursor += len(piece) + 1
+    prompt = ""
+    if steps:
+        marker = re.search(r"Step 1\s*:", steps[0])
+        if marker:
+            prompt, steps[0] = steps[0][: marker.start()], steps[0][marker.start():]
+    return PRMExample(prompt=prompt, steps=[s.strip() for s in steps], labels=labels)
+
+
+def to_example(record) -> PRMExample:
+    """Any supported record (or a PRMExample) -> PRMExample."""
+    if isinstance(record, PRMExample):
+        return record
+    if "completions" in record:
+        return from_trl(record)
+    if "input" in record and "label" in record:
+        return from_math_shepherd(record)
+    raise ValueError(f"unknown PRM record with keys {sorted(record)}: expected TRL's "
+                     "(prompt, completions, labels) or Math-Shepherd's (input, label)")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizing and collating
+
+
+def step_token_id(tokenizer, step_tag: str) -> int:
+    """The id of `step_tag`, which must be one token of `tokenizer`."""
+    token_id = tokenizer.convert_tokens_to_ids(step_tag)
+    if token_id is None or (token_id == tokenizer.unk_token_id and step_tag != tokenizer.unk_token):
+        raise ValueError(f"step_tag {step_tag!r} is not a token of this tokenizer: add it with "
+                         f"tokenizer.add_special_tokens({{'additional_special_tokens': [{step_tag!r}]}}) and "
+                         "resize the model's embeddings (model.resize_token_embeddings(len(tokenizer)))")  # fmt: skip
+    return token_id
+
+
+def encode(example, tokenizer, step_tag: str) -> dict:
+    """A record or PRMExample -> {"input_ids": [int], "outcome": bool, "first_error": int}: the
+    prompt (with the tokenizer's special tokens), then each step followed by the tag's id. Each
+    piece is tokenized alone so that a tag never merges with the text around it."""
+    example = to_example(example)
+    tag_id = step_token_id(tokenizer, step_tag)
+    input_ids = list(tokenizer(example.prompt, add_special_tokens=True)["input_ids"])
+    if tag_id in input_ids:
+        raise ValueError(f"the prompt contains the step tag {step_tag!r}: {example.prompt!r}")
+    for index, step in enumerate(example.steps):
+        step_ids = tokenizer(step, add_special_tokens=False)["input_ids"]
+        if tag_id in step_ids:
+            raise ValueError(f"step {index} contains the step tag {step_tag!r} itself: {step!r}")
+        input_ids += [*step_ids, tag_id]
+    return {"input_ids": input_ids, "outcome": bool(example.outcome), "first_error": example.first_error}
+
+
+def collate(encoded: Sequence[dict], pad_token_id: int, step_token_ids, padding_side: str = "right") -> dict:
+    """Encoded examples -> a padded batch with packed CRM labels:
+    input_ids, attention_mask [B, L]; cu_steps [B + 1]; step_positions [N]; outcome [B] bool;
+    first_error [B] int64."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    rows = [torch.tensor(item["input_ids"], dtype=torch.long) for item in encoded]
+    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_token_id,
+                                                padding_side=padding_side)  # fmt: skip
+    attention_mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True,
+                                                     padding_side=padding_side)  # fmt: skip
+    cu_steps, step_positions = find_step_ends(input_ids, attention_mask, step_token_ids)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "cu_steps": cu_steps,
+        "step_positions": step_positions,
+        "outcome": torch.tensor([item["outcome"] for item in encoded], dtype=torch.bool),
+        "first_error": torch.tensor([item["first_error"] for item in encoded], dtype=torch.long),
+    }
+
+
+class PRMCollator:
+    """DataLoader collate_fn: records (TRL or Math-Shepherd) or PRMExamples -> `collate`'s batch."""
+
+    def __init__(self, tokenizer, step_tag: str, padding_side: str = "right"):
+        self.tokenizer = tokenizer
+        self.step_tag = step_tag
+        self.step_token_id = step_token_id(tokenizer, step_tag)
+        self.padding_side = padding_side
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
+        if self.pad_token_id is None:
+            raise ValueError("the tokenizer has neither a pad_token nor an eos_token to pad with")
+
+    def __call__(self, records) -> dict:
+        encoded = [encode(record, self.tokenizer, self.step_tag) for record in records]
+        return collate(encoded, self.pad_token_id, self.step_token_id, self.padding_side)
