@@ -4,12 +4,35 @@
     log_s = crm_kernels.log_survival(logits, cu_steps)                      # SPEC 1
 
 The contract every backend meets is SPEC.md; `crm_kernels.reference` is its eager form.
+On top of the ops: `ConditionalRewardModel` (a transformers wrapper, `modeling`), `data` (PRM
+formats -> packed tensors), `scoring` (Best-of-N, aggregations, beam prefix scores) and `segment`
+(the segmented primitives they share).
 """
 
-from . import reference
+from . import data, reference, scoring, segment
 from ._backends import available_backends
 from .ops import CRMLoss, crm_loss, log_survival
 
 __version__ = "0.1.0"
 
-__all__ = ["CRMLoss", "available_backends", "crm_loss", "log_survival", "reference"]
+__all__ = [
+    "CRMLoss",
+    "CRMOutput",
+    "ConditionalRewardModel",
+    "available_backends",
+    "crm_loss",
+    "data",
+    "log_survival",
+    "reference",
+    "scoring",
+    "segment",
+]
+
+
+def __getattr__(name):
+    # The transformers wrapper is imported on first use: the ops need only torch.
+    if name in ("ConditionalRewardModel", "CRMOutput"):
+        from . import modeling
+
+        return getattr(modeling, name)
+    raise AttributeError(f"module 'crm_kernels' has no attribute {name!r}")

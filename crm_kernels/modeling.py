@@ -1,0 +1,254 @@
+"""ConditionalRewardModel: a CRM head over any Hugging Face transformers backbone.
+
+The backbone reads the question and steps; at each step tag the head gives the hazard logit x_t,
+h(t) = sigmoid(x_t) (SPEC 1). Two heads:
+
+- "value": a float32 Linear(hidden, 1) on the tag's last hidden state.
+- "tokens": for PRMs that score a step with two vocabulary tokens (Math-Shepherd's '+'/'-', PQM,
+  Qwen-style two-class heads), x_t = logit(bad) - logit(good) at the tag, so that
+  h(t) = softmax over {good, bad} of bad. Only those two rows of the LM head are used, never the
+  full vocabulary.
+
+Everything per step is packed (SPEC 2): hazard_logits, log_survival and step_positions are [N],
+cu_steps is [B + 1]. h(t) must depend only on the question and steps up to t (beam search scores
+prefixes), so a backbone whose hidden states see later tokens is refused unless
+allow_bidirectional=True.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.utils import ModelOutput
+
+from . import ops
+from .data import find_step_ends
+from .segment import segment_ids, segment_last
+
+HEADS = ("value", "tokens")
+CONFIG_NAME = "crm_config.json"
+HEAD_WEIGHTS_NAME = "crm_head.safetensors"
+
+
+@dataclass
+class CRMOutput(ModelOutput):
+    """Packed CRM outputs of one batch.
+
+    hazard_logits: [N] float32 x_t of every step, trajectory by trajectory.
+    cu_steps: [B + 1] int64 offsets of each row's steps.
+    step_positions: [N] int64 token index (column in input_ids) of each step's tag.
+    log_survival: [N] log S(t), the prefix score of the trajectory up to and including step t.
+    score: [B] log S(T), the outcome score (0 for a row without steps).
+    past_key_values: the backbone's cache when use_cache=True, to extend beams incrementally.
+    """
+
+    hazard_logits: Tensor | None = None
+    cu_steps: Tensor | None = None
+    step_positions: Tensor | None = None
+    log_survival: Tensor | None = None
+    score: Tensor | None = None
+    past_key_values: Any = None
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def sees_later_tokens(backbone) -> bool:
+    """Whether the backbone's hidden state at a position depends on tokens after it.
+
+    Decided by running it: change the last token of a short random input and see whether any
+    earlier hidden state moves. That holds for any architecture, including decoders configured
+    as encoders (BERT with is_decoder=False) and the reverse.
+    """
+    config = _text_config(backbone.config)
+    if getattr(backbone.config, "is_encoder_decoder", False):
+        return True
+    parameter = next(backbone.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    if device.type == "meta":
+        raise ValueError("cannot tell whether a backbone on the meta device is causal: load its weights first, "
+                         "or pass allow_bidirectional=True to skip the check")  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, config.vocab_size, (1, 8), generator=generator).to(device)
+    altered = probe.clone()
+    altered[0, -1] = (probe[0, -1] + 1) % config.vocab_size
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            base = backbone.base_model
+            before = base(input_ids=probe).last_hidden_state[0, :-1].float()
+            after = base(input_ids=altered).last_hidden_state[0, :-1].float()
+    finally:
+        backbone.train(was_training)
+    return not torch.allclose(before, after, rtol=1e-3, atol=1e-4)
+
+
+class ConditionalRewardModel(nn.Module):
+    """A CRM over a transformers backbone (`AutoModel` or `AutoModelForCausalLM`).
+
+    Args:
+        backbone: a PreTrainedModel whose base model returns `last_hidden_state`.
+        step_token_id: the id of the step tag (or a list of ids, any of which ends a step).
+        head: "value" (float32 Linear on the hidden state) or "tokens" (two LM-head rows).
+        good_token_id, bad_token_id: the two tokens of the "tokens" head.
+        allow_bidirectional: accept a backbone whose hidden states see later tokens (an encoder);
+            its hazards then depend on later steps, which beam search and SPEC 1 do not allow.
+    """
+
+    def __init__(self, backbone, step_token_id, *, head: str = "value", good_token_id: int | None = None,
+                 bad_token_id: int | None = None, allow_bidirectional: bool = False):  # fmt: skip
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if not hasattr(backbone, "config") or not hasattr(backbone, "base_model"):
+            raise TypeError(f"backbone must be a transformers PreTrainedModel, got {type(backbone).__name__}")
+        self.step_token_ids = [step_token_id] if isinstance(step_token_id, int) else [int(i) for i in step_token_id]
+        if not self.step_token_ids:
+            raise ValueError("step_token_id must be an id or a non-empty list of ids")
+        if not allow_bidirectional and sees_later_tokens(backbone):
+            raise ValueError(
+                f"{type(backbone).__name__} is bidirectional: its hidden state at a step tag sees later steps, so "
+                "h(t) would depend on the future (SPEC 1) and prefix scores for beam search would be wrong. Use a "
+                "causal (decoder) backbone, or pass allow_bidirectional=True to accept this."
+            )
+        self.backbone = backbone
+        self._takes_position_ids = "position_ids" in inspect.signature(backbone.base_model.forward).parameters
+        self.head = head
+        self.allow_bidirectional = allow_bidirectional
+        self.good_token_id, self.bad_token_id = good_token_id, bad_token_id
+        if head == "value":
+            hidden_size = _text_config(backbone.config).hidden_size
+            device = next(backbone.parameters()).device
+            self.value_head = nn.Linear(hidden_size, 1, dtype=torch.float32, device=device)
+        else:
+            if good_token_id is None or bad_token_id is None:
+                raise ValueError("head='tokens' needs good_token_id and bad_token_id")
+            if backbone.get_output_embeddings() is None:
+                raise ValueError(f"head='tokens' needs an LM head; {type(backbone).__name__} has none "
+                                 "(load it with AutoModelForCausalLM)")  # fmt: skip
+            vocab = backbone.get_output_embeddings().weight.shape[0]
+            for name, token in (("good_token_id", good_token_id), ("bad_token_id", bad_token_id)):
+                if not 0 <= token < vocab:
+                    raise ValueError(f"{name} = {token} is outside the LM head's {vocab} rows")
+
+    # -----------------------------------------------------------------------------------------
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) casts the backbone; the value head stays float32 (small, and
+        # the hazard logits it produces are what the losses' numerics are stated for).
+        super()._apply(fn, recurse)
+        if self.head == "value":
+            self.value_head.float()
+        return self
+
+    def hazard_logits(self, step_hidden: Tensor) -> Tensor:
+        """[N, H] hidden states at the step tags -> [N] float32 hazard logits."""
+        if self.head == "value":
+            return self.value_head(step_hidden.float()).squeeze(-1)
+        lm_head = self.backbone.get_output_embeddings()
+        rows = lm_head.weight[[self.bad_token_id, self.good_token_id]].float()
+        logits = step_hidden.float() @ (rows[0] - rows[1])
+        if getattr(lm_head, "bias", None) is not None:
+            bias = lm_head.bias[[self.bad_token_id, self.good_token_id]].float()
+            logits = logits + (bias[0] - bias[1])
+        return logits
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, past_key_values=None,
+                use_cache: bool = False, **backbone_kwargs) -> CRMOutput:  # fmt: skip
+        """Scores every step tag of `input_ids` [B, L].
+
+        With `past_key_values`, input_ids holds only the new tokens and attention_mask covers the
+        cached ones too (as in transformers); steps and positions then refer to the new tokens.
+        """
+        if attention_mask is not None and "position_ids" not in backbone_kwargs and self._takes_position_ids:
+            # Count positions from each row's first real token, so that a left-padded row is read
+            # exactly as the same row right-padded (transformers' generate() does the same).
+            positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+            backbone_kwargs["position_ids"] = positions[:, -input_ids.shape[1]:]
+        outputs = self.backbone.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                           past_key_values=past_key_values, use_cache=use_cache,
+                                           **backbone_kwargs)  # fmt: skip
+        step_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1]:]
+        cu_steps, step_positions = find_step_ends(input_ids, step_mask, self.step_token_ids)
+        rows = segment_ids(cu_steps, step_positions.numel())
+        hazard_logits = self.hazard_logits(outputs.last_hidden_state[rows, step_positions])
+        # The offsets were built here from a mask, so they are valid by construction.
+        log_survival = ops.log_survival(hazard_logits, cu_steps, validate=False)
+        return CRMOutput(
+            hazard_logits=hazard_logits,
+            cu_steps=cu_steps,
+            step_positions=step_positions,
+            log_survival=log_survival,
+            score=segment_last(log_survival, cu_steps, empty=0.0, validate=False),
+            past_key_values=outputs.past_key_values if use_cache else None,
+        )
+
+    def loss(self, output: CRMOutput, outcome: Tensor, first_error: Tensor | None = None, **crm_loss_kwargs):
+        """`crm_kernels.crm_loss` on this output's hazard logits (SPEC 3)."""
+        return ops.crm_loss(output.hazard_logits, output.cu_steps, outcome, first_error, **crm_loss_kwargs)
+
+    # -----------------------------------------------------------------------------------------
+    def _settings(self) -> dict:
+        return {
+            "step_token_ids": self.step_token_ids,
+            "head": self.head,
+            "good_token_id": self.good_token_id,
+            "bad_token_id": self.bad_token_id,
+            "allow_bidirectional": self.allow_bidirectional,
+            "backbone_class": type(self.backbone).__name__,
+        }
+
+    def save_pretrained(self, save_directory: str, **backbone_kwargs) -> None:
+        """The backbone as transformers saves it, plus crm_config.json and the value head."""
+        from safetensors.torch import save_file
+
+        os.makedirs(save_directory, exist_ok=True)
+        self.backbone.save_pretrained(save_directory, **backbone_kwargs)
+        with open(os.path.join(save_directory, CONFIG_NAME), "w") as f:
+            json.dump(self._settings(), f, indent=2)
+        if self.head == "value":
+            state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.value_head.state_dict().items()}
+            save_file(state, os.path.join(save_directory, HEAD_WEIGHTS_NAME))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, step_token_id=None, *, head: str | None = None,
+                        good_token_id: int | None = None, bad_token_id: int | None = None,
+                        allow_bidirectional: bool | None = None, **backbone_kwargs) -> "ConditionalRewardModel":  # fmt: skip
+        """A directory written by `save_pretrained` (settings from it, arguments given here win),
+        or any backbone name/path (a new head; step_token_id is then required)."""
+        import transformers
+
+        config_path = os.path.join(name_or_path, CONFIG_NAME)
+        saved = {}
+        if os.path.isfile(config_path):
+            with open(config_path) as f:
+                saved = json.load(f)
+        given = {"step_token_id": step_token_id, "head": head, "good_token_id": good_token_id,
+                 "bad_token_id": bad_token_id, "allow_bidirectional": allow_bidirectional}  # fmt: skip
+        settings = {
+            "step_token_id": saved.get("step_token_ids"),
+            "head": saved.get("head", "value"),
+            "good_token_id": saved.get("good_token_id"),
+            "bad_token_id": saved.get("bad_token_id"),
+            "allow_bidirectional": saved.get("allow_bidirectional", False),
+        }
+        settings.update({key: value for key, value in given.items() if value is not None})
+        if settings["step_token_id"] is None:
+            raise ValueError(f"{name_or_path} has no {CONFIG_NAME}: pass step_token_id")
+        default_class = "AutoModelForCausalLM" if settings["head"] == "tokens" else "AutoModel"
+        backbone_class = getattr(transformers, saved.get("backbone_class", default_class))
+        backbone = backbone_class.from_pretrained(name_or_path, **backbone_kwargs)
+        model = cls(backbone, settings.pop("step_token_id"), **settings)
+        head_path = os.path.join(name_or_path, HEAD_WEIGHTS_NAME)
+        if model.head == "value" and os.path.isfile(head_path):
+            from safetensors.torch import load_file
+
+            model.value_head.load_state_dict(load_file(head_path, device=str(model.value_head.weight.device)))
+        return model
