@@ -1,0 +1,105 @@
+"""A synthetic multi-step arithmetic task with errors at a known step, and a tokenizer built in code.
+
+A problem is a start digit and a chain of operations mod 10 ("Q 3 +4 -2 +7"). A trajectory
+writes one step per operation, "3+4=7", each followed by the step tag. A sampled trajectory
+may get one step wrong (the first wrong step z); every later step is computed correctly from the
+wrong value it was given, so the final answer is wrong and z is known. Mistakes are mostly off by
+one, and problems differ in how error-prone they are, so wrong answers cluster and a majority vote
+is not trivially right on hard problems.
+
+Nothing here is downloaded: the vocabulary is ~1,850 words and the tokenizer is a word-level
+`tokenizers` model wrapped as a transformers `PreTrainedTokenizerFast`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from crm_kernels.data import PRMExample
+
+STEP_TAG = "<step>"
+SPECIAL = ["[PAD]", "[UNK]", "[BOS]", STEP_TAG]
+DIGITS = [str(d) for d in range(10)]
+OPERATIONS = [f"{op}{b}" for op in "+-" for b in range(1, 10)]
+# A step is one word, "3+4=7": a model of this size learns which of the 1,800 written equations
+# are wrong within a minute on a CPU, while relations between separate tokens take it far longer.
+EQUATIONS = [f"{a}{op}={c}" for a in range(10) for op in OPERATIONS for c in range(10)]
+WORDS = ["Q"] + DIGITS + OPERATIONS + EQUATIONS
+
+
+def build_tokenizer():
+    """A word-level tokenizer over the task's vocabulary: BOS first, the step tag one token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: index for index, word in enumerate(SPECIAL + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", vocab["[BOS]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="[BOS]", pad_token="[PAD]", unk_token="[UNK]",
+                                   additional_special_tokens=[STEP_TAG])  # fmt: skip
+
+
+@dataclass
+class Problem:
+    start: int
+    operations: list[tuple[str, int]]
+    error_rate: float  # per-step chance that a sampled trajectory makes its (one) mistake here
+
+    @property
+    def question(self) -> str:
+        return "Q " + " ".join([str(self.start)] + [f"{op}{operand}" for op, operand in self.operations])
+
+    @property
+    def answer(self) -> int:
+        value = self.start
+        for op, operand in self.operations:
+            value = _apply(value, op, operand)
+        return value
+
+
+@dataclass
+class Sample:
+    example: PRMExample
+    answer: int  # the final answer written
+    first_error: int  # -1 when every step is right (kept even when the example hides it)
+
+
+def _apply(value: int, op: str, operand: int) -> int:
+    return (value + operand) % 10 if op == "+" else (value - operand) % 10
+
+
+def make_problem(rng: random.Random, min_ops: int = 3, max_ops: int = 6) -> Problem:
+    operations = [(rng.choice("+-"), rng.randrange(1, 10)) for _ in range(rng.randint(min_ops, max_ops))]
+    return Problem(rng.randrange(10), operations, error_rate=rng.choice([0.04, 0.1, 0.2, 0.35]))
+
+
+def sample(problem: Problem, rng: random.Random, hide_first_error: bool = False) -> Sample:
+    """One trajectory: at most one wrong step, later steps consistent with the wrong value."""
+    steps, labels, value, first_error = [], [], problem.start, -1
+    for index, (op, operand) in enumerate(problem.operations):
+        result = _apply(value, op, operand)
+        if first_error < 0 and rng.random() < problem.error_rate:
+            first_error = index
+            result = (result + rng.choice([1, 9, 1, 9, 2, 8, 5])) % 10  # mostly off by one
+        steps.append(f"{value}{op}{operand}={result}")
+        labels.append(first_error < 0)
+        value = result
+    outcome = first_error < 0
+    example = PRMExample(problem.question, steps, labels=None if (hide_first_error and not outcome) else labels,
+                         outcome=outcome)  # fmt: skip
+    return Sample(example, value, first_error)
+
+
+def make_dataset(count: int, seed: int, hidden_fraction: float = 0.0) -> list[Sample]:
+    """`count` trajectories of fresh problems; a `hidden_fraction` of the flawed ones hide z."""
+    rng = random.Random(seed)
+    return [sample(make_problem(rng), rng, hide_first_error=rng.random() < hidden_fraction) for _ in range(count)]
+
+
+def make_groups(problems: int, per_problem: int, seed: int) -> tuple[list[Problem], list[list[Sample]]]:
+    """For Best-of-N: `per_problem` sampled trajectories for each of `problems` problems."""
+    rng = random.Random(seed)
+    chosen = [make_problem(rng) for _ in range(problems)]
+    return chosen, [[sample(problem, rng) for _ in range(per_problem)] for problem in chosen]
