@@ -9,7 +9,7 @@ formats -> packed tensors), `scoring` (Best-of-N, aggregations, beam prefix scor
 (the segmented primitives they share).
 """
 
-from . import data, reference, scoring, segment
+from . import data, reference, rl, scoring, segment
 from ._backends import available_backends
 from .ops import CRMLoss, crm_loss, log_survival
 
@@ -24,6 +24,7 @@ __all__ = [
     "data",
     "log_survival",
     "reference",
+    "rl",
     "scoring",
     "segment",
 ]

@@ -121,3 +121,104 @@ def segment_argmax(values: Tensor, offsets: Tensor, *, validate: bool = True) ->
         0, owners, candidates, "amin", include_self=True
     )
     return torch.where(lengths(offsets) > 0, first_best, -1)
+
+
+def segment_count(offsets: Tensor) -> Tensor:
+    """[B] int64 number of values in each segment."""
+    return lengths(offsets).long()
+
+
+def segment_logsumexp(values: Tensor, offsets: Tensor, *, validate: bool = True) -> Tensor:
+    """[B] log sum exp of each segment, shifted by its maximum; -inf for an empty one."""
+    check_segments(values, offsets, validate)
+    values = _float(values)
+    peak = _reduce(values, offsets, "max", 0.0)
+    peak = torch.where(peak.isfinite(), peak, torch.zeros_like(peak))
+    owners = segment_ids(offsets, values.numel())
+    total = _reduce(torch.exp(values - peak[owners]), offsets, "sum", 0.0)
+    return torch.log(total) + peak
+
+
+def segment_softmin(values: Tensor, offsets: Tensor, temperature: float, *, validate: bool = True) -> Tensor:
+    """[B] smooth minimum -T log sum exp(-x / T): the minimum as T -> 0; +inf for an empty segment."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    return -temperature * segment_logsumexp(_float(values) / -temperature, offsets, validate=validate)
+
+
+def segment_softmax(values: Tensor, offsets: Tensor, *, validate: bool = True) -> Tensor:
+    """[N] softmax of each value within its segment."""
+    check_segments(values, offsets, validate)
+    values = _float(values)
+    owners = segment_ids(offsets, values.numel())
+    return torch.exp(values - segment_logsumexp(values, offsets, validate=False)[owners])
+
+
+# ---------------------------------------------------------------------------------------------
+# Scans. Each is a doubling (Hillis-Steele) scan: in pass k every value combines with the one 2^k
+# places before it (after it, for reverse scans) when that one is in the same segment. Work is
+# N log2(longest segment) with no Python loop over segments or values; additions happen in a
+# balanced tree within each segment, so a float32 scan over a long segment is as accurate as a
+# pairwise sum and never a difference of two large prefix sums (which cancels). The number of
+# passes needs the longest segment: one host sync.
+
+
+def _scan(values: Tensor, offsets: Tensor, combine, reverse: bool) -> Tensor:
+    count = values.numel()
+    result = _float(values).clone()
+    if count == 0:
+        return result
+    owners = segment_ids(offsets, count)
+    position = torch.arange(count, device=values.device)
+    if reverse:
+        room = offsets[1:].long()[owners] - 1 - position  # values after this one in its segment
+    else:
+        room = position - offsets[:-1].long()[owners]
+    longest = int(lengths(offsets).max())
+    shift = 1
+    while shift < longest:
+        partner = (position + shift if reverse else position - shift).clamp(0, count - 1)
+        result = torch.where(room >= shift, combine(result, result[partner], shift), result)
+        shift *= 2
+    return result
+
+
+def segment_cumsum(values: Tensor, offsets: Tensor, *, validate: bool = True) -> Tensor:
+    """[N] inclusive sum within each segment: y_t = sum_{k <= t} x_k."""
+    check_segments(values, offsets, validate)
+    return _scan(values, offsets, lambda own, other, shift: own + other, reverse=False)
+
+
+def segment_reverse_discounted_sum(values: Tensor, offsets: Tensor, gamma: float = 1.0, *,
+                                   validate: bool = True) -> Tensor:  # fmt: skip
+    """[N] y_t = sum_{k >= t} gamma^(k - t) x_k within each segment (returns-to-go)."""
+    check_segments(values, offsets, validate)
+    gamma = float(gamma)
+    return _scan(values, offsets, lambda own, other, shift: own + gamma**shift * other, reverse=True)
+
+
+def segment_reverse_cummin(values: Tensor, offsets: Tensor, *, validate: bool = True) -> Tensor:
+    """[N] y_t = min_{k >= t} x_k within each segment (NaN propagates)."""
+    check_segments(values, offsets, validate)
+    return _scan(values, offsets, lambda own, other, shift: torch.minimum(own, other), reverse=True)
+
+
+def segment_gae(rewards: Tensor, values: Tensor, offsets: Tensor, gamma: float = 1.0, lam: float = 1.0, *,
+                validate: bool = True) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Generalized advantage estimation within each segment (a trajectory ends at its segment's end:
+    the value after its last step is 0).
+
+    delta_t = r_t + gamma V_{t+1} - V_t;  A_t = sum_{k >= t} (gamma lam)^(k - t) delta_k;  R_t = A_t + V_t.
+    Returns (advantages, returns), [N] each.
+    """
+    check_segments(rewards, offsets, validate, values_name="rewards")
+    if not isinstance(values, Tensor) or values.shape != rewards.shape:
+        raise ValueError(f"values must be a tensor of rewards' shape {tuple(rewards.shape)}")
+    rewards, values = _float(rewards), _float(values).to(_float(rewards).dtype)
+    count = values.numel()
+    position = torch.arange(count, device=values.device)
+    last = offsets[1:].long()[segment_ids(offsets, count)] - 1
+    next_values = torch.where(position < last, values[(position + 1).clamp(max=max(count - 1, 0))], 0.0)
+    deltas = rewards + float(gamma) * next_values - values
+    advantages = segment_reverse_discounted_sum(deltas, offsets, float(gamma) * float(lam), validate=False)
+    return advantages, advantages + values

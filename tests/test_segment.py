@@ -93,3 +93,17 @@ def test_float32_sum_of_a_long_segment_is_accurate():
 def test_bad_offsets_are_named(values, offsets, exception, words):
     with pytest.raises(exception, match=words.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
         segment.segment_sum(values, offsets)
+
+
+def test_logsumexp_softmin_softmax_count_match_loop(seed):
+    batch = make_batch(seed, torch.float64, batch=40, scale=30.0)
+    segments = [batch.logits[s:e] for s, e in zip(batch.cu_steps[:-1].tolist(), batch.cu_steps[1:].tolist())]
+    lse = torch.tensor([p.logsumexp(0).item() for p in segments], dtype=torch.float64)
+    torch.testing.assert_close(segment.segment_logsumexp(batch.logits, batch.cu_steps), lse, rtol=1e-12, atol=1e-12)
+    softmin = torch.tensor([(-0.5 * (p / -0.5).logsumexp(0)).item() for p in segments], dtype=torch.float64)
+    torch.testing.assert_close(segment.segment_softmin(batch.logits, batch.cu_steps, 0.5), softmin, rtol=1e-12, atol=1e-12)
+    softmax = torch.cat([torch.softmax(p, 0) for p in segments])
+    torch.testing.assert_close(segment.segment_softmax(batch.logits, batch.cu_steps), softmax, rtol=1e-12, atol=1e-12)
+    assert segment.segment_count(batch.cu_steps).tolist() == batch.lengths.tolist()
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        segment.segment_softmin(batch.logits, batch.cu_steps, 0.0)

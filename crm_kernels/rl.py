@@ -1,0 +1,191 @@
+"""CRM rewards where RL trainers want them (SPEC 6).
+
+Step rewards r_t = log(1 - h_t) are potential-based shaping: they sum to the outcome score
+log S(T), and the return-to-go G_t = log S(T) - log S(t - 1). Trainers hold token-level [B, L]
+tensors with a response mask (verl's `token_level_scores`, OpenRLHF's per-token rewards); this
+module moves between that layout and the packed one and offers the credit-assignment variants of
+the literature, each one vectorized call over the batch:
+
+- `step_rewards`, `returns_to_go`, `gae`;
+- `to_token_level` / `from_token_level`;
+- `min_form`: PURE's min-form credit assignment (strict or soft);
+- `group_advantages`: GRPO, Dr. GRPO and RLOO baselines over prompt groups (`cu_groups`);
+- `outcome_conditioned_centering`: PROGRS.
+
+All accumulate in float32 (float64 for float64 input) and need no Python loop over samples or
+tokens; the segmented primitives live in `crm_kernels.segment`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import reference
+from ._validate import check_cu_steps, check_logits
+from .segment import (
+    _float,
+    check_segments,
+    lengths,
+    segment_gae,
+    segment_ids,
+    segment_mean,
+    segment_reverse_cummin,
+    segment_reverse_discounted_sum,
+    segment_softmax,
+    segment_sum,
+)
+
+GROUP_METHODS = ("grpo", "dr_grpo", "rloo")
+
+
+def step_rewards(logits: Tensor, cu_steps: Tensor, *, validate: bool = True) -> tuple[Tensor, Tensor]:
+    """r_t = log(1 - sigmoid(x_t)) = -softplus(x_t) [N] and the outcome score log S(T) [B]
+    (their sum per trajectory). Not differentiated: rewards are data to the policy update."""
+    check_logits(logits)
+    check_cu_steps(cu_steps, logits)
+    with torch.no_grad():
+        rewards = -reference.softplus(_float(logits))
+        return rewards, segment_sum(rewards, cu_steps, validate=validate)
+
+
+def returns_to_go(step_rewards: Tensor, cu_steps: Tensor, gamma: float = 1.0, *, validate: bool = True) -> Tensor:
+    """G_t = sum_{k >= t} gamma^(k - t) r_k within each trajectory (log S(T) - log S(t - 1) at gamma 1)."""
+    _check_gamma(gamma, "gamma")
+    return segment_reverse_discounted_sum(step_rewards, cu_steps, gamma, validate=validate)
+
+
+def _check_gamma(value, name: str) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Token-level layout
+
+
+def _check_index(step_token_index: Tensor, step_values: Tensor, seq_len: int) -> None:
+    if not isinstance(step_token_index, Tensor) or step_token_index.shape != step_values.shape:
+        raise ValueError(f"step_token_index must be a tensor of step values' shape {tuple(step_values.shape)}")
+    if step_token_index.numel() and bool(((step_token_index < 0) | (step_token_index >= seq_len)).any()):
+        bad = int(((step_token_index < 0) | (step_token_index >= seq_len)).nonzero()[0, 0])
+        raise ValueError(f"step_token_index[{bad}] = {int(step_token_index[bad])} is outside [0, seq_len = {seq_len})")
+
+
+def to_token_level(step_values: Tensor, cu_steps: Tensor, step_token_index: Tensor, seq_len: int, *,
+                   validate: bool = True) -> Tensor:  # fmt: skip
+    """[B, seq_len] with each step's value at the token that ends it (column step_token_index),
+    zero elsewhere. Steps of one row ending at the same token add up."""
+    batch = check_segments(step_values, cu_steps, validate, values_name="step_values", offsets_name="cu_steps")
+    if validate:
+        _check_index(step_token_index, step_values, seq_len)
+    values = _float(step_values)
+    rows = segment_ids(cu_steps, values.numel())
+    token_level = torch.zeros(batch, seq_len, dtype=values.dtype, device=values.device)
+    return token_level.index_put_((rows, step_token_index.long()), values, accumulate=True)
+
+
+def from_token_level(token_values: Tensor, cu_steps: Tensor, step_token_index: Tensor, *,
+                     validate: bool = True) -> Tensor:  # fmt: skip
+    """[N] the values at each step's end token: the inverse gather of `to_token_level`."""
+    if not isinstance(token_values, Tensor) or token_values.dim() != 2:
+        raise ValueError("token_values must be a [B, L] tensor")
+    if validate:
+        check_segments(step_token_index, cu_steps, True, values_name="step_token_index", offsets_name="cu_steps")
+        if token_values.shape[0] != cu_steps.numel() - 1:
+            raise ValueError(f"token_values has {token_values.shape[0]} rows for {cu_steps.numel() - 1} trajectories")
+        _check_index(step_token_index, step_token_index, token_values.shape[1])
+    rows = segment_ids(cu_steps, step_token_index.numel())
+    return token_values[rows, step_token_index.long()]
+
+
+def packed_from_padded(token_values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """[B, L] values with a [B, L] mask -> the masked values packed [N] and their [B + 1] offsets."""
+    if not isinstance(mask, Tensor) or mask.shape != token_values.shape:
+        raise ValueError(f"mask must have token_values' shape {tuple(token_values.shape)}")
+    mask = mask.bool()
+    offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
+    torch.cumsum(mask.sum(1), 0, out=offsets[1:])
+    return token_values[mask], offsets
+
+
+def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 1.0) -> tuple[Tensor, Tensor]:
+    """GAE in the trainers' [B, L] layout (verl's `compute_gae_advantage_return`): the masked tokens
+    of a row form its trajectory, masked-out tokens are skipped and get 0. Returns (advantages,
+    returns), [B, L] each."""
+    _check_gamma(gamma, "gamma")
+    _check_gamma(lam, "lam")
+    packed_rewards, offsets = packed_from_padded(token_rewards, mask)
+    packed_values, _ = packed_from_padded(values, mask)
+    advantages, returns = segment_gae(packed_rewards, packed_values, offsets, gamma, lam, validate=False)
+    mask = mask.bool()
+    out_advantages = torch.zeros(mask.shape, dtype=advantages.dtype, device=mask.device)
+    out_returns = torch.zeros_like(out_advantages)
+    out_advantages[mask] = advantages
+    out_returns[mask] = returns
+    return out_advantages, out_returns
+
+
+# ---------------------------------------------------------------------------------------------
+# Credit assignment
+
+
+def min_form(step_rewards: Tensor, cu_steps: Tensor, temperature: float | None = None, *,
+             validate: bool = True) -> Tensor:  # fmt: skip
+    """PURE's min-form credit assignment over step positions: [N] returns.
+
+    strict (temperature None): G_t = min_{k >= t} r_k, the reverse running minimum.
+    soft: each reward is weighted by w_t = softmax(-r / temperature) over its trajectory and
+    G_t = sum_{k >= t} w_k r_k, which tends to the strict minimum's total as temperature -> 0.
+    Steps only: the zero-filled tokens between steps of the token layout never enter the minimum.
+    """
+    check_segments(step_rewards, cu_steps, validate, values_name="step_rewards", offsets_name="cu_steps")
+    if temperature is None:
+        return segment_reverse_cummin(step_rewards, cu_steps, validate=False)
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be None (strict) or > 0, got {temperature!r}")
+    rewards = _float(step_rewards)
+    weights = segment_softmax(-rewards / float(temperature), cu_steps, validate=False)
+    return segment_reverse_discounted_sum(weights * rewards, cu_steps, 1.0, validate=False)
+
+
+def group_advantages(scores: Tensor, cu_groups: Tensor, method: str = "grpo", eps: float = 1e-6, *,
+                     validate: bool = True) -> Tensor:  # fmt: skip
+    """[B] advantage of each sample against its prompt group (groups packed by cu_groups).
+
+    grpo: (s - mean) / (std + eps), std unbiased (torch.std), and 1 for a group of one.
+    dr_grpo: s - mean (no division by std).
+    rloo: s - mean of the other samples of the group = n / (n - 1) (s - mean); 0 for a group of one.
+    The variance is computed from centred values in a second pass: the one-pass E[s^2] - E[s]^2
+    cancels for groups whose scores are close (e.g. log S(T) near 0), shrinking the advantages.
+    """
+    if method not in GROUP_METHODS:
+        raise ValueError(f"method must be one of {GROUP_METHODS}, got {method!r}")
+    check_segments(scores, cu_groups, validate, values_name="scores", offsets_name="cu_groups")
+    scores = _float(scores)
+    owners = segment_ids(cu_groups, scores.numel())
+    centred = scores - segment_mean(scores, cu_groups, empty=0.0, validate=False)[owners]
+    size = lengths(cu_groups).to(scores.dtype)[owners]
+    if method == "dr_grpo":
+        return centred
+    if method == "rloo":
+        return torch.where(size > 1, centred * size / (size - 1).clamp(min=1), 0.0)
+    variance = segment_sum(centred * centred, cu_groups, validate=False)[owners] / (size - 1).clamp(min=1)
+    std = torch.where(size > 1, variance.sqrt(), 1.0)
+    return centred / (std + eps)
+
+
+def outcome_conditioned_centering(process_scores: Tensor, cu_groups: Tensor, outcome: Tensor, *,
+                                  validate: bool = True) -> Tensor:  # fmt: skip
+    """PROGRS: within each group, the process scores of incorrect trajectories (outcome 0) are
+    shifted to zero mean over the group's incorrect ones; correct trajectories are untouched."""
+    check_segments(process_scores, cu_groups, validate, values_name="process_scores", offsets_name="cu_groups")
+    if not isinstance(outcome, Tensor) or outcome.shape != process_scores.shape:
+        raise ValueError(f"outcome must be a tensor of process_scores' shape {tuple(process_scores.shape)}")
+    scores = _float(process_scores)
+    wrong = ~outcome.bool()
+    owners = segment_ids(cu_groups, scores.numel())
+    wrong_sum = segment_sum(torch.where(wrong, scores, 0.0), cu_groups, validate=False)
+    wrong_count = segment_sum(wrong.to(scores.dtype), cu_groups, validate=False)
+    wrong_mean = wrong_sum / wrong_count.clamp(min=1)
+    return torch.where(wrong, scores - wrong_mean[owners], scores)

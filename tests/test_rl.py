@@ -1,0 +1,208 @@
+"""crm_kernels.rl and the segmented scans under it, against per-sample Python loops."""
+
+
+import pytest
+import torch
+from conftest import make_batch
+
+from crm_kernels import reference, rl, segment
+
+
+def pieces(values, offsets):
+    return [values[s:e].double() for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
+def groups_of(seed, count=40, max_size=9, ties=False):
+    generator = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(1, max_size, (count,), generator=generator)
+    sizes[0] = 1
+    cu_groups = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+    scores = torch.randn(int(cu_groups[-1]), generator=generator, dtype=torch.float64)
+    if ties:
+        scores = scores.round()
+    return scores, cu_groups
+
+
+def test_step_rewards_sum_to_log_survival(seed):
+    batch = make_batch(seed, torch.float32, batch=40, scale=5.0)
+    rewards, outcome_score = rl.step_rewards(batch.logits, batch.cu_steps)
+    torch.testing.assert_close(rewards.double(), -reference.softplus(batch.logits.double()), rtol=1e-6, atol=1e-6)
+    expected = reference.log_survival_loop(batch.logits.double(), batch.cu_steps)
+    last = torch.tensor([p[-1].item() if p.numel() else 0.0 for p in pieces(expected, batch.cu_steps)])
+    torch.testing.assert_close(outcome_score.double(), last.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9, 0.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_returns_to_go_match_loop(gamma, dtype, seed):
+    batch = make_batch(seed, dtype, batch=40, long_steps=5000)
+    got = rl.returns_to_go(batch.logits, batch.cu_steps, gamma)
+    expected = []
+    for r in pieces(batch.logits, batch.cu_steps):
+        running, out = 0.0, []
+        for value in reversed(r.tolist()):
+            running = value + gamma * running
+            out.append(running)
+        expected += reversed(out)
+    tol = dict(rtol=1e-12, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=2e-4)
+    torch.testing.assert_close(got.double(), torch.tensor(expected, dtype=torch.float64), **tol)
+
+
+def test_returns_at_gamma_one_are_log_survival_differences(seed):
+    batch = make_batch(seed, torch.float64, batch=30)
+    rewards, _ = rl.step_rewards(batch.logits, batch.cu_steps)
+    got = rl.returns_to_go(rewards, batch.cu_steps)
+    log_survival = reference.log_survival_loop(batch.logits, batch.cu_steps)
+    expected = []
+    for ls in pieces(log_survival, batch.cu_steps):
+        before = torch.cat([torch.zeros(1, dtype=torch.float64), ls[:-1]])
+        expected.append(ls[-1] - before if ls.numel() else ls)
+    torch.testing.assert_close(got, torch.cat(expected), rtol=1e-10, atol=1e-10)
+
+
+def test_float32_scan_does_not_cancel_on_long_segments():
+    # A large reward first, then 20,000 small ones: "total minus prefix" loses the small ones.
+    values = torch.cat([torch.tensor([1e4]), torch.full((20_000,), 1e-3)]).float()
+    offsets = torch.tensor([0, values.numel()])
+    got = segment.segment_cumsum(values, offsets)
+    expected = torch.cumsum(values.double(), 0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=0)
+    tail = rl.returns_to_go(values, offsets)[1:]
+    torch.testing.assert_close(tail.double(), torch.arange(20_000, 0, -1, dtype=torch.float64) * float(values[1]),
+                               rtol=1e-5, atol=0)  # fmt: skip
+
+
+def test_cumsum_and_reverse_cummin_match_loops(seed):
+    batch = make_batch(seed, torch.float32, batch=40, long_steps=700)
+    cumsum = segment.segment_cumsum(batch.logits, batch.cu_steps)
+    cummin = segment.segment_reverse_cummin(batch.logits, batch.cu_steps)
+    expected_sum = torch.cat([p.cumsum(0) for p in pieces(batch.logits, batch.cu_steps)])
+    expected_min = torch.cat([p.flip(0).cummin(0).values.flip(0) for p in pieces(batch.logits, batch.cu_steps)])
+    torch.testing.assert_close(cumsum.double(), expected_sum, rtol=1e-5, atol=1e-4)
+    assert torch.equal(cummin.double(), expected_min)
+
+
+@pytest.mark.parametrize("gamma, lam", [(1.0, 1.0), (0.99, 0.95), (0.5, 0.0)])
+def test_gae_matches_verl_style_loop(gamma, lam, seed):
+    """Padded [B, L] with a response mask, against the reverse loop over tokens that trainers run."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, length = 12, 40
+    rewards = torch.randn(batch, length, generator=generator, dtype=torch.float64)
+    values = torch.randn(batch, length, generator=generator, dtype=torch.float64)
+    response_lengths = torch.randint(0, length + 1, (batch,), generator=generator)
+    response_lengths[0], response_lengths[1] = 0, length
+    mask = torch.arange(length)[None, :] < response_lengths[:, None]
+    advantages, returns = rl.gae(rewards, values, mask, gamma, lam)
+    expected = torch.zeros(batch, length, dtype=torch.float64)
+    for row in range(batch):
+        running = 0.0
+        for t in reversed(range(int(response_lengths[row]))):
+            next_value = values[row, t + 1] if t + 1 < response_lengths[row] else 0.0
+            delta = rewards[row, t] + gamma * next_value - values[row, t]
+            running = delta + gamma * lam * running
+            expected[row, t] = running
+    torch.testing.assert_close(advantages, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(returns, torch.where(mask, expected + values, 0.0), rtol=1e-10, atol=1e-10)
+
+
+def test_token_level_round_trip(seed):
+    batch = make_batch(seed, torch.float32, batch=20)
+    generator = torch.Generator().manual_seed(seed)
+    seq_len = 64
+    positions = torch.cat([torch.randperm(seq_len, generator=generator)[:n].sort().values for n in batch.lengths.tolist()])
+    token_level = rl.to_token_level(batch.logits, batch.cu_steps, positions, seq_len)
+    expected = torch.zeros(len(batch.lengths), seq_len)
+    for row, (s, e) in enumerate(zip(batch.cu_steps[:-1].tolist(), batch.cu_steps[1:].tolist())):
+        for k in range(s, e):
+            expected[row, positions[k]] += batch.logits[k]
+    assert torch.equal(token_level, expected)
+    assert torch.equal(rl.from_token_level(token_level, batch.cu_steps, positions), batch.logits)
+    with pytest.raises(ValueError, match=r"step_token_index\[\d+\] = 64 is outside \[0, seq_len = 64\)"):
+        rl.to_token_level(batch.logits, batch.cu_steps, torch.full_like(positions, 64), seq_len)
+
+
+@pytest.mark.parametrize("temperature", [None, 0.5, 100.0])
+def test_min_form_matches_loop(temperature, seed):
+    batch = make_batch(seed, torch.float64, batch=40)
+    rewards = -reference.softplus(batch.logits)
+    got = rl.min_form(rewards, batch.cu_steps, temperature)
+    expected = []
+    for r in pieces(rewards, batch.cu_steps):
+        if temperature is None:
+            expected += [min(r[t:].tolist()) for t in range(r.numel())]
+        else:
+            weighted = torch.softmax(-r / temperature, 0) * r
+            expected += [weighted[t:].sum().item() for t in range(r.numel())]
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+
+
+def test_soft_min_form_tends_to_the_minimum():
+    rewards = torch.tensor([-0.1, -2.0, -0.3], dtype=torch.float64)
+    offsets = torch.tensor([0, 3])
+    assert rl.min_form(rewards, offsets, 1e-3)[0].item() == pytest.approx(-2.0, abs=1e-6)
+
+
+def group_loop(scores, cu_groups, method, eps=1e-6):
+    out = []
+    for g in pieces(scores, cu_groups):
+        n = g.numel()
+        for s in g.tolist():
+            mean = g.mean().item()
+            if method == "dr_grpo":
+                out.append(s - mean)
+            elif method == "rloo":
+                out.append(0.0 if n == 1 else s - (g.sum().item() - s) / (n - 1))
+            else:
+                std = g.std().item() if n > 1 else 1.0
+                out.append((s - mean) / (std + eps))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", rl.GROUP_METHODS)
+@pytest.mark.parametrize("ties", [False, True])
+def test_group_advantages_match_loop(method, ties, seed):
+    scores, cu_groups = groups_of(seed, ties=ties)
+    got = rl.group_advantages(scores, cu_groups, method)
+    torch.testing.assert_close(got, group_loop(scores, cu_groups, method), rtol=1e-9, atol=1e-9)
+
+
+def test_group_advantages_by_hand_and_near_constant_groups():
+    scores = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    cu_groups = torch.tensor([0, 3, 4])
+    torch.testing.assert_close(rl.group_advantages(scores, cu_groups, "grpo", eps=0.0), torch.tensor([-1.0, 0.0, 1.0, 0.0]))
+    torch.testing.assert_close(rl.group_advantages(scores, cu_groups, "dr_grpo"), torch.tensor([-1.0, 0.0, 1.0, 0.0]))
+    torch.testing.assert_close(rl.group_advantages(scores, cu_groups, "rloo"), torch.tensor([-1.5, 0.0, 1.5, 0.0]))
+    # Scores near -1e3 differing by 1e-3 (float32): a one-pass variance, E[s^2] - E[s]^2, is all
+    # rounding noise at this magnitude; the centred two-pass one gives the true unit-free advantages.
+    near = torch.tensor([-1000.0, -1000.001, -999.999, -1000.0], dtype=torch.float32)
+    got = rl.group_advantages(near, torch.tensor([0, 4]), "grpo", eps=0.0)
+    expected = group_loop(near.double(), torch.tensor([0, 4]), "grpo", eps=0.0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_outcome_conditioned_centering_matches_loop(seed):
+    scores, cu_groups = groups_of(seed)
+    outcome = torch.rand(scores.numel(), generator=torch.Generator().manual_seed(seed)) < 0.5
+    got = rl.outcome_conditioned_centering(scores, cu_groups, outcome)
+    expected = scores.clone()
+    for s, e in zip(cu_groups[:-1].tolist(), cu_groups[1:].tolist()):
+        wrong = [i for i in range(s, e) if not outcome[i]]
+        if wrong:
+            mean = sum(scores[i].item() for i in wrong) / len(wrong)
+            for i in wrong:
+                expected[i] = scores[i] - mean
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(got[outcome], scores[outcome])
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="method must be one of"):
+        rl.group_advantages(torch.ones(2), torch.tensor([0, 2]), "ppo")
+    with pytest.raises(ValueError, match="gamma must be a number in"):
+        rl.returns_to_go(torch.ones(2), torch.tensor([0, 2]), 1.5)
+    with pytest.raises(ValueError, match="temperature must be None"):
+        rl.min_form(torch.ones(2), torch.tensor([0, 2]), -1.0)
+    with pytest.raises(ValueError, match=r"cu_groups\[-1\] must equal len\(scores\) = 2"):
+        rl.group_advantages(torch.ones(2), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="outcome must be a tensor"):
+        rl.outcome_conditioned_centering(torch.ones(2), torch.tensor([0, 2]), torch.ones(3))
