@@ -115,6 +115,8 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     returns), [B, L] each."""
     _check_gamma(gamma, "gamma")
     _check_gamma(lam, "lam")
+    if mask.shape == token_rewards.shape and _is_prefix_mask(mask):
+        return _gae_right_padded(_float(token_rewards), _float(values), mask.to(_float(token_rewards).dtype), gamma, lam)
     packed_rewards, offsets = packed_from_padded(token_rewards, mask)
     packed_values, _ = packed_from_padded(values, mask)
     advantages, returns = segment_gae(packed_rewards, packed_values, offsets, gamma, lam, validate=False)
@@ -124,6 +126,26 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     out_advantages[mask] = advantages
     out_returns[mask] = returns
     return out_advantages, out_returns
+
+
+def _is_prefix_mask(mask: Tensor) -> bool:
+    """Whether every row's mask is ones then zeros (a right-padded response): one host sync."""
+    mask = mask.bool()
+    return bool((mask[:, 1:] <= mask[:, :-1]).all()) if mask.shape[1] > 1 else True
+
+
+def _gae_right_padded(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float):
+    """GAE when each row's trajectory is a prefix: the zeros after it add nothing, so the reverse
+    discounted sum runs on whole rows with shifted slices (no gathers, no segment bookkeeping)."""
+    next_values = torch.zeros_like(values)
+    next_values[:, :-1] = (values * mask)[:, 1:]
+    advantages = (rewards + gamma * next_values - values) * mask
+    decay, shift = float(gamma) * float(lam), 1
+    while shift < advantages.shape[1]:
+        shifted = advantages.clone()
+        shifted[:, :-shift] += decay**shift * advantages[:, shift:]
+        advantages, shift = shifted, shift * 2
+    return advantages, (advantages + values) * mask
 
 
 # ---------------------------------------------------------------------------------------------

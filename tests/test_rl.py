@@ -206,3 +206,24 @@ def test_bad_arguments_are_named():
         rl.group_advantages(torch.ones(2), torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="outcome must be a tensor"):
         rl.outcome_conditioned_centering(torch.ones(2), torch.tensor([0, 2]), torch.ones(3))
+
+
+def test_gae_skips_masked_out_tokens_inside_a_row(seed):
+    """A mask with holes (e.g. tool outputs inside a response): the masked tokens of a row, in
+    order, are its trajectory."""
+    generator = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(6, 30, generator=generator, dtype=torch.float64)
+    values = torch.randn(6, 30, generator=generator, dtype=torch.float64)
+    mask = torch.rand(6, 30, generator=generator) < 0.6
+    advantages, returns = rl.gae(rewards, values, mask, 0.9, 0.8)
+    expected = torch.zeros_like(rewards)
+    for row in range(6):
+        kept = mask[row].nonzero()[:, 0].tolist()
+        running = 0.0
+        for j in reversed(range(len(kept))):
+            t = kept[j]
+            next_value = values[row, kept[j + 1]] if j + 1 < len(kept) else 0.0
+            running = rewards[row, t] + 0.9 * next_value - values[row, t] + 0.9 * 0.8 * running
+            expected[row, t] = running
+    torch.testing.assert_close(advantages, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(returns, torch.where(mask, expected + values, 0.0), rtol=1e-10, atol=1e-10)

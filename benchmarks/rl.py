@@ -1,0 +1,178 @@
+"""crm_kernels.rl against the loop implementations RL trainers run today, in one process.
+
+    .venv/bin/python -m benchmarks.rl [--out benchmarks/results/rl_<device>.json]
+
+Workloads (issue 6):
+- rollouts: 65,536 trajectories, Poisson(16) steps, 8 tokens per step, groups of 8 samples per
+  prompt. Ours: to_token_level + returns_to_go + group_advantages. Loops: a per-sample loop that
+  places each step reward at its token (verl's reward managers loop over samples), OpenRLHF's
+  reverse loop over token columns for returns, and verl's GRPO grouping (Python loops over samples
+  and groups).
+- long_gae: 1,024 responses of 16,384 tokens (random lengths up to that), GAE with gamma 0.99,
+  lambda 0.95. Loop: verl's `compute_gae_advantage_return` (reverse loop over token columns).
+
+Medians over repetitions after one warm-up; CUDA events on GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+from crm_kernels import rl
+from crm_kernels.data import cu_steps_from_lengths
+
+
+def timed(function, repeats: int, device) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loops trainers run (their shapes, restated)
+
+
+def loop_token_level(rewards, cu_steps, step_token_index, seq_len):
+    out = torch.zeros(cu_steps.numel() - 1, seq_len, device=rewards.device)
+    bounds = cu_steps.tolist()
+    for i in range(len(bounds) - 1):
+        out[i, step_token_index[bounds[i]: bounds[i + 1]]] = rewards[bounds[i]: bounds[i + 1]]
+    return out
+
+
+def loop_returns(token_rewards, mask, gamma=1.0):
+    """OpenRLHF get_cumulative_returns: reverse loop over token columns."""
+    returns = torch.zeros_like(token_rewards)
+    cumulative = torch.zeros(token_rewards.shape[0], device=token_rewards.device)
+    token_rewards = token_rewards * mask
+    for t in reversed(range(token_rewards.shape[1])):
+        cumulative = token_rewards[:, t] + gamma * cumulative
+        returns[:, t] = cumulative
+    return returns
+
+
+def loop_grpo(scores, index, eps=1e-6):
+    """verl compute_grpo_outcome_advantage's grouping."""
+    id2score = defaultdict(list)
+    for i in range(scores.shape[0]):
+        id2score[index[i]].append(scores[i])
+    id2mean, id2std = {}, {}
+    for idx, group in id2score.items():
+        if len(group) == 1:
+            id2mean[idx], id2std[idx] = torch.tensor(0.0), torch.tensor(1.0)
+        else:
+            stacked = torch.stack(group)
+            id2mean[idx], id2std[idx] = stacked.mean(), stacked.std()
+    out = scores.clone()
+    for i in range(scores.shape[0]):
+        out[i] = (scores[i] - id2mean[index[i]]) / (id2std[index[i]] + eps)
+    return out
+
+
+def loop_gae(token_rewards, values, mask, gamma, lam):
+    """verl compute_gae_advantage_return: reverse loop over token columns."""
+    last = 0
+    advantages = []
+    length = token_rewards.shape[-1]
+    for t in reversed(range(length)):
+        next_values = values[:, t + 1] if t < length - 1 else 0.0
+        delta = token_rewards[:, t] + gamma * next_values - values[:, t]
+        last = delta + gamma * lam * last
+        advantages.append(last)
+    advantages = torch.stack(advantages[::-1], dim=1)
+    return advantages * mask, (advantages + values) * mask
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def rollouts(device, repeats):
+    generator = torch.Generator().manual_seed(0)
+    trajectories, group = 65_536, 8
+    lengths = torch.poisson(torch.full((trajectories,), 16.0), generator=generator).long().clamp(min=1)
+    cu_steps = cu_steps_from_lengths(lengths).to(device)
+    tokens_per_step = 8
+    seq_len = int(lengths.max()) * tokens_per_step
+    within = torch.arange(int(cu_steps[-1]), device=device) - cu_steps[:-1].repeat_interleave(lengths.to(device))
+    step_token_index = within * tokens_per_step + tokens_per_step - 1
+    rewards = -torch.rand(int(cu_steps[-1]), generator=generator).to(device)
+    cu_groups = torch.arange(0, trajectories + 1, group, device=device)
+    index = [i // group for i in range(trajectories)]
+    mask = torch.arange(seq_len, device=device)[None, :] < (lengths.to(device) * tokens_per_step)[:, None]
+
+    def ours():
+        token_level = rl.to_token_level(rewards, cu_steps, step_token_index, seq_len)
+        returns = rl.returns_to_go(rewards, cu_steps)
+        scores = torch.zeros(trajectories, device=device).index_add_(0, torch.arange(trajectories, device=device).repeat_interleave(lengths.to(device)), rewards)
+        return token_level, returns, rl.group_advantages(scores, cu_groups)
+
+    def loops():
+        token_level = loop_token_level(rewards, cu_steps, step_token_index, seq_len)
+        returns = loop_returns(token_level, mask)
+        return token_level, returns, loop_grpo(token_level.sum(1), index)
+
+    ours_out, loop_out = ours(), loops()
+    torch.testing.assert_close(ours_out[0], loop_out[0])
+    torch.testing.assert_close(ours_out[2], loop_out[2], rtol=1e-4, atol=1e-4)
+    return {"workload": "rollouts: 65,536 trajectories x Poisson(16) steps, 8 tokens/step, groups of 8",
+            "steps": int(cu_steps[-1]), "seq_len": seq_len,
+            "ours_s": timed(ours, repeats, device), "loops_s": timed(loops, max(1, repeats // 3), device)}  # fmt: skip
+
+
+def long_gae(device, repeats):
+    generator = torch.Generator().manual_seed(1)
+    responses, length = 1024, 16_384
+    rewards = torch.randn(responses, length, generator=generator).to(device)
+    values = torch.randn(responses, length, generator=generator).to(device)
+    response_lengths = torch.randint(length // 2, length + 1, (responses,), generator=generator).to(device)
+    mask = (torch.arange(length, device=device)[None, :] < response_lengths[:, None]).float()
+    ours = lambda: rl.gae(rewards, values, mask, 0.99, 0.95)  # noqa: E731
+    # verl's loop reads the value after the last response token (padding); zero it so that both
+    # compute the same thing: a trajectory ends at its last response token.
+    values_masked = values * mask
+    loops = lambda: loop_gae(rewards * mask, values_masked, mask, 0.99, 0.95)  # noqa: E731
+    torch.testing.assert_close(ours()[0], loops()[0], rtol=1e-3, atol=1e-3)
+    return {"workload": "long_gae: 1,024 responses x up to 16,384 tokens, gamma 0.99, lambda 0.95",
+            "tokens": int(mask.sum()), "ours_s": timed(ours, repeats, device),
+            "loops_s": timed(loops, max(1, repeats // 3), device)}  # fmt: skip
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    rows = [rollouts(device, args.repeats), long_gae(device, args.repeats)]
+    print(f"device: {name}, torch {torch.__version__}")
+    for row in rows:
+        print(f"{row['workload']}\n    ours {row['ours_s'] * 1e3:9.1f} ms   loops {row['loops_s'] * 1e3:9.1f} ms   "
+              f"{row['loops_s'] / row['ours_s']:.1f}x")  # fmt: skip
+    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"rl_{device.type}.json")
+    with open(out, "w") as f:
+        json.dump({"device": name, "torch": torch.__version__, "date": datetime.datetime.now(datetime.UTC).isoformat(),
+                   "rows": rows}, f, indent=1)  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    main()
