@@ -29,6 +29,7 @@ import torch
 
 from crm_kernels import rl
 from crm_kernels.data import cu_steps_from_lengths
+from crm_kernels.segment import segment_sum
 
 
 def timed(function, repeats: int, device) -> float:
@@ -120,7 +121,7 @@ def rollouts(device, repeats):
     def ours():
         token_level = rl.to_token_level(rewards, cu_steps, step_token_index, seq_len)
         returns = rl.returns_to_go(rewards, cu_steps)
-        scores = torch.zeros(trajectories, device=device).index_add_(0, torch.arange(trajectories, device=device).repeat_interleave(lengths.to(device)), rewards)
+        scores = segment_sum(rewards, cu_steps)  # log S(T) of each trajectory
         return token_level, returns, rl.group_advantages(scores, cu_groups)
 
     def loops():
