@@ -7,7 +7,8 @@ module moves between that layout and the packed one and offers the credit-assign
 the literature, each one vectorized call over the batch:
 
 - `step_rewards`, `returns_to_go`, `gae`;
-- `to_token_level` / `from_token_level`;
+- `to_token_level` / `from_token_level` (a step's value at its last token), `to_token_spans`
+  (on all of its tokens);
 - `min_form`: PURE's min-form credit assignment (strict or soft);
 - `group_advantages`: GRPO, Dr. GRPO and RLOO baselines over prompt groups (`cu_groups`);
 - `outcome_conditioned_centering`: PROGRS.
@@ -97,6 +98,29 @@ def from_token_level(token_values: Tensor, cu_steps: Tensor, step_token_index: T
         _check_index(step_token_index, step_token_index, token_values.shape[1])
     rows = segment_ids(cu_steps, step_token_index.numel())
     return token_values[rows, step_token_index.long()]
+
+
+def to_token_spans(step_values: Tensor, cu_steps: Tensor, step_token_index: Tensor, seq_len: int, *,
+                   validate: bool = True) -> Tensor:  # fmt: skip
+    """[B, seq_len] with each step's value on every token of the step: the tokens after the
+    previous step's end up to its own end (step_token_index). Tokens after a row's last step get
+    0. Step ends must increase within a row. How returns computed per step reach the tokens."""
+    batch = check_segments(step_values, cu_steps, validate, values_name="step_values", offsets_name="cu_steps")
+    if validate:
+        _check_index(step_token_index, step_values, seq_len)
+        rows = segment_ids(cu_steps, step_values.numel())
+        same_row = rows[1:] == rows[:-1]
+        if bool((same_row & (step_token_index[1:] <= step_token_index[:-1])).any()):
+            raise ValueError("step_token_index must increase within each trajectory")
+    values = _float(step_values)
+    ends = to_token_level(torch.ones_like(values), cu_steps, step_token_index, seq_len, validate=False) > 0
+    # A token belongs to the step numbered by how many step ends come strictly before it.
+    step_in_row = ends.long().cumsum(1) - ends.long()
+    inside = step_in_row < lengths(cu_steps)[:, None]
+    if values.numel() == 0:
+        return torch.zeros(batch, seq_len, dtype=values.dtype, device=values.device)
+    step = (cu_steps[:-1, None].long() + step_in_row).clamp(max=values.numel() - 1)
+    return torch.where(inside, values[step], 0.0)
 
 
 def packed_from_padded(token_values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

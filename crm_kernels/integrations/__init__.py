@@ -1,0 +1,9 @@
+"""CRM rewards inside RL trainers: verl, OpenRLHF and TRL adapters over one `CRMScorer`.
+
+None of the trainers is imported here; each adapter module imports only what it registers with.
+"""
+
+from .scorer import SCORE_KINDS, CRMScorer, ScoredBatch, token_texts, split_steps, step_end_mask, token_rewards
+
+__all__ = ["SCORE_KINDS", "CRMScorer", "ScoredBatch", "token_texts", "split_steps", "step_end_mask",
+           "token_rewards"]
