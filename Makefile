@@ -15,8 +15,11 @@ $(STAMP): requirements-dev.txt
 build: $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace
 
+# The slow-marked tests (TRL GRPOTrainer end to end, 2-process DDP) run after the rest, one at a
+# time: they start processes and threads of their own.
 test: build
 	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -m slow tests
 
 bench: build
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

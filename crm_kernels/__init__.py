@@ -6,10 +6,11 @@
 The contract every backend meets is SPEC.md; `crm_kernels.reference` is its eager form.
 On top of the ops: `ConditionalRewardModel` (a transformers wrapper, `modeling`), `data` (PRM
 formats -> packed tensors), `scoring` (Best-of-N, aggregations, beam prefix scores) and `segment`
-(the segmented primitives they share).
+(the segmented primitives they share), `rl` (rewards, returns and advantages in trainers' layouts),
+`integrations` (verl, OpenRLHF and TRL adapters) and `distributed` (data-parallel loss scaling).
 """
 
-from . import data, reference, rl, scoring, segment
+from . import data, distributed, reference, rl, scoring, segment
 from ._backends import available_backends
 from .ops import CRMLoss, crm_loss, log_survival
 
@@ -22,6 +23,7 @@ __all__ = [
     "available_backends",
     "crm_loss",
     "data",
+    "distributed",
     "log_survival",
     "reference",
     "rl",
