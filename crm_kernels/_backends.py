@@ -34,10 +34,15 @@ def _extension_error() -> str | None:
     return None
 
 
-def _has_compiled_kernel(dispatch_key: str) -> bool:
+def _has_compiled_kernel(dispatch_key: str, op: str = "crm_loss_forward") -> bool:
     return _extension_error() is None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "crm_kernels_C::crm_loss_forward", dispatch_key
+        f"crm_kernels_C::{op}", dispatch_key
     )
+
+
+def has_cpu_scans() -> bool:
+    """Whether the built extension has the one-pass CPU scans (csrc/cpu/scan.cpp)."""
+    return _has_compiled_kernel("CPU", "masked_gae")
 
 
 def _triton_runs_on(device: torch.device) -> bool:

@@ -28,6 +28,7 @@ from .segment import (
     _float,
     check_segments,
     lengths,
+    one_pass_scans,
     segment_gae,
     segment_ids,
     segment_mean,
@@ -139,7 +140,15 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     returns), [B, L] each."""
     _check_gamma(gamma, "gamma")
     _check_gamma(lam, "lam")
-    if mask.shape == token_rewards.shape and _is_prefix_mask(mask):
+    if not isinstance(mask, Tensor) or mask.shape != token_rewards.shape or values.shape != token_rewards.shape:
+        raise ValueError(f"values and mask must have token_rewards' shape {tuple(token_rewards.shape)}")
+    if token_rewards.dim() != 2:
+        raise ValueError(f"token_rewards must be [B, L], got shape {tuple(token_rewards.shape)}")
+    if one_pass_scans(token_rewards, values, mask):
+        rewards = _float(token_rewards).contiguous()
+        return torch.ops.crm_kernels_C.masked_gae(rewards, values.to(rewards.dtype).contiguous(),
+                                                  mask.bool().contiguous(), float(gamma), float(lam))  # fmt: skip
+    if _is_prefix_mask(mask):
         return _gae_right_padded(_float(token_rewards), _float(values), mask.to(_float(token_rewards).dtype), gamma, lam)
     packed_rewards, offsets = packed_from_padded(token_rewards, mask)
     packed_values, _ = packed_from_padded(values, mask)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._backends import has_cpu_scans
 from ._validate import check_offset_values, check_offsets
 from .reference import accumulate_dtype
 
@@ -155,12 +156,14 @@ def segment_softmax(values: Tensor, offsets: Tensor, *, validate: bool = True) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Scans. Each is a doubling (Hillis-Steele) scan: in pass k every value combines with the one 2^k
-# places before it (after it, for reverse scans) when that one is in the same segment. Work is
-# N log2(longest segment) with no Python loop over segments or values; additions happen in a
-# balanced tree within each segment, so a float32 scan over a long segment is as accurate as a
-# pairwise sum and never a difference of two large prefix sums (which cancels). The number of
-# passes needs the longest segment: one host sync.
+# Scans. On CPU tensors (no gradient wanted) they run in csrc/cpu/scan.cpp: one pass, one thread
+# per segment, sums carried in float64. Elsewhere each is a doubling (Hillis-Steele) scan: in pass
+# k every value combines with the one 2^k places before it (after it, for reverse scans) when that
+# one is in the same segment. Work is N log2(longest segment) with no Python loop over segments or
+# values; additions happen in a balanced tree within each segment, so a float32 scan over a long
+# segment is as accurate as a pairwise sum and never a difference of two large prefix sums (which
+# cancels). The number of passes needs the longest segment: one host sync (a graph break under
+# torch.compile).
 
 
 def _scan(values: Tensor, offsets: Tensor, combine, reverse: bool) -> Tensor:
@@ -183,23 +186,44 @@ def _scan(values: Tensor, offsets: Tensor, combine, reverse: bool) -> Tensor:
     return result
 
 
+def one_pass_scans(*tensors: Tensor) -> bool:
+    """Whether the one-pass C++ scans (csrc/cpu/scan.cpp) take these tensors: on CPU with the
+    extension built, outside torch.compile's tracing, and with no gradient wanted (they are not
+    differentiable; the doubling scans above are)."""
+    return (
+        all(t.device.type == "cpu" for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+        and has_cpu_scans()
+    )
+
+
+def _linear_scan(values: Tensor, offsets: Tensor, decay: float, reverse: bool) -> Tensor:
+    """y_t = x_t + decay * y_{t -/+ 1} within each segment, by whichever scan serves the tensors."""
+    if one_pass_scans(values):
+        kernels = torch.ops.crm_kernels_C
+        return kernels.segment_linear_scan(_float(values).contiguous(), offsets.long().contiguous(), decay, reverse)
+    return _scan(values, offsets, lambda own, other, shift: own + decay**shift * other, reverse=reverse)
+
+
 def segment_cumsum(values: Tensor, offsets: Tensor, *, validate: bool = True) -> Tensor:
     """[N] inclusive sum within each segment: y_t = sum_{k <= t} x_k."""
     check_segments(values, offsets, validate)
-    return _scan(values, offsets, lambda own, other, shift: own + other, reverse=False)
+    return _linear_scan(values, offsets, 1.0, reverse=False)
 
 
 def segment_reverse_discounted_sum(values: Tensor, offsets: Tensor, gamma: float = 1.0, *,
                                    validate: bool = True) -> Tensor:  # fmt: skip
     """[N] y_t = sum_{k >= t} gamma^(k - t) x_k within each segment (returns-to-go)."""
     check_segments(values, offsets, validate)
-    gamma = float(gamma)
-    return _scan(values, offsets, lambda own, other, shift: own + gamma**shift * other, reverse=True)
+    return _linear_scan(values, offsets, float(gamma), reverse=True)
 
 
 def segment_reverse_cummin(values: Tensor, offsets: Tensor, *, validate: bool = True) -> Tensor:
     """[N] y_t = min_{k >= t} x_k within each segment (NaN propagates)."""
     check_segments(values, offsets, validate)
+    if one_pass_scans(values):
+        return torch.ops.crm_kernels_C.segment_reverse_cummin(_float(values).contiguous(), offsets.long().contiguous())
     return _scan(values, offsets, lambda own, other, shift: torch.minimum(own, other), reverse=True)
 
 

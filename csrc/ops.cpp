@@ -16,6 +16,10 @@ TORCH_LIBRARY(crm_kernels_C, m) {
   m.def(
       "crm_loss_backward(Tensor grad_losses, Tensor logits, Tensor cu_steps, Tensor outcome, Tensor? first_error, "
       "Tensor log_survival_total, float w_survive, float w_wrong, float w_first_error) -> Tensor");
+  // One-pass scans behind crm_kernels.segment and crm_kernels.rl (CPU; elsewhere the torch path).
+  m.def("segment_linear_scan(Tensor values, Tensor offsets, float decay, bool reverse) -> Tensor");
+  m.def("segment_reverse_cummin(Tensor values, Tensor offsets) -> Tensor");
+  m.def("masked_gae(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam) -> (Tensor, Tensor)");
 }
 
 // `import crm_kernels._C` loads this library and so runs the registrations above; the module

@@ -1,11 +1,40 @@
-"""crm_kernels.rl and the segmented scans under it, against per-sample Python loops."""
+"""crm_kernels.rl and the segmented scans under it, against per-sample Python loops.
+
+Every test runs twice: through the one-pass C++ scans (csrc/cpu/scan.cpp, what CPU tensors get)
+and through the portable doubling scans (what GPUs and differentiable inputs get)."""
 
 
 import pytest
 import torch
 from conftest import make_batch
 
-from crm_kernels import reference, rl, segment
+import crm_kernels
+from crm_kernels import _backends, reference, rl, segment
+
+
+@pytest.fixture(autouse=True, params=["one_pass", "doubling"])
+def scan_path(request, monkeypatch):
+    if request.param == "one_pass":
+        if not _backends.has_cpu_scans():
+            pytest.skip("the C++ extension is not built")
+    else:
+        monkeypatch.setattr(segment, "has_cpu_scans", lambda: False)
+    return request.param
+
+
+def test_one_pass_scans_are_built_with_the_extension(scan_path):
+    if "cpu" in crm_kernels.available_backends(torch.device("cpu")):
+        assert _backends.has_cpu_scans()
+    values = torch.randn(5)
+    assert segment.one_pass_scans(values) == (scan_path == "one_pass")
+    assert not segment.one_pass_scans(values.requires_grad_())  # gradients take the torch scans
+
+
+def test_scans_are_differentiable_on_the_torch_path(scan_path):
+    values = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    offsets = torch.tensor([0, 5, 5, 12])
+    torch.autograd.gradcheck(lambda v: segment.segment_reverse_discounted_sum(v, offsets, 0.9), (values,))
+    torch.autograd.gradcheck(lambda v: segment.segment_cumsum(v, offsets), (values,))
 
 
 def pieces(values, offsets):
@@ -227,3 +256,16 @@ def test_gae_skips_masked_out_tokens_inside_a_row(seed):
             expected[row, t] = running
     torch.testing.assert_close(advantages, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(returns, torch.where(mask, expected + values, 0.0), rtol=1e-10, atol=1e-10)
+
+
+def test_scan_paths_agree_on_nan_empty_segments_and_int32_offsets(monkeypatch):
+    values = torch.tensor([3.0, float("nan"), 1.0, 2.0, -1.0, 5.0, 0.5])
+    offsets = torch.tensor([0, 0, 4, 4, 7], dtype=torch.int32)
+    one_pass = [segment.segment_reverse_cummin(values, offsets), segment.segment_cumsum(values, offsets),
+                segment.segment_reverse_discounted_sum(values, offsets, 0.5)]  # fmt: skip
+    monkeypatch.setattr(segment, "has_cpu_scans", lambda: False)
+    doubling = [segment.segment_reverse_cummin(values, offsets), segment.segment_cumsum(values, offsets),
+                segment.segment_reverse_discounted_sum(values, offsets, 0.5)]  # fmt: skip
+    for got, expected in zip(one_pass, doubling):
+        torch.testing.assert_close(got, expected, equal_nan=True)
+    assert torch.isnan(one_pass[0][:2]).all() and one_pass[0][2:].tolist() == [1.0, 2.0, -1.0, 0.5, 0.5]

@@ -36,6 +36,11 @@ for trial in range(400):
                 crm_kernels.log_survival(x, cu, validate=False, backend="cpu").sum().backward()
                 C.inputs_are_valid(x, cu, outcome, first_error)
                 runs += 1
+            if dtype != torch.bfloat16:  # the scans take float32 / float64 (crm_kernels.segment)
+                values = x.detach().contiguous()
+                C.segment_linear_scan(values, cu.long(), 0.9, trial % 2 == 0)
+                C.segment_reverse_cummin(values, cu.long())
+                runs += 2
 # and large valid batches that take the threaded path
 for seed in range(3):
     lengths = torch.poisson(torch.full((20000,), 16.0), generator=g).long()
@@ -44,4 +49,9 @@ for seed in range(3):
     outcome = (torch.rand(20000, generator=g) < 0.5) | (lengths == 0)
     crm_kernels.crm_loss(x, cu, outcome, None, backend="cpu").backward()
     crm_kernels.log_survival(x, cu, backend="cpu").sum().backward()
+# GAE rows: any mask, including empty rows and rows of one token
+for rows, length in ((0, 5), (7, 0), (9, 1), (64, 700)):
+    rewards, values = torch.randn(rows, length, generator=g), torch.randn(rows, length, generator=g)
+    C.masked_gae(rewards, values, torch.rand(rows, length, generator=g) < 0.7, 0.99, 0.95)
+    runs += 1
 print(f"no out-of-bounds access in {runs} calls on invalid input (seed {g.initial_seed()})")

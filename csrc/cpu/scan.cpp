@@ -1,0 +1,138 @@
+// One-pass segmented scans for RL returns and advantages (crm_kernels.segment, crm_kernels.rl).
+//
+// The portable torch path scans by doubling: log2(longest segment) passes over the whole batch,
+// which is what bounds it on long responses. Here each segment (or row) is walked once, in order,
+// by one thread, and sums are carried in double: float32 results are correctly rounded sums
+// whatever the length, with no cancellation, and bitwise the same for any thread count.
+// Offsets are clamped to [0, N] before use, so no input makes a kernel leave its buffers.
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "sweep.h"
+
+namespace crm::cpu {
+namespace {
+
+// Segment [begin, end) of b, clamped into [0, n].
+inline std::pair<int64_t, int64_t> segment_bounds(const int64_t* offsets, int64_t b, int64_t n) {
+  const int64_t begin = std::clamp<int64_t>(offsets[b], 0, n);
+  return {begin, std::clamp<int64_t>(offsets[b + 1], begin, n)};
+}
+
+void check_scan_inputs(const at::Tensor& values, const at::Tensor& offsets) {
+  TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), "values must be a contiguous 1-D tensor");
+  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
+              "values must be float32 or float64");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 && offsets.is_contiguous() &&
+                  offsets.scalar_type() == at::kLong,
+              "offsets must be a contiguous 1-D int64 tensor with at least one entry");
+}
+
+// y_t = x_t + decay * y_{t-1} (forward) or y_t = x_t + decay * y_{t+1} (reverse), within segments.
+at::Tensor segment_linear_scan(const at::Tensor& values, const at::Tensor& offsets, double decay, bool reverse) {
+  check_scan_inputs(values, offsets);
+  at::Tensor out = at::empty_like(values);
+  const int64_t n = values.numel(), num_segments = offsets.numel() - 1;
+  const int64_t* cu = offsets.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segment_linear_scan", [&] {
+    const scalar_t* x = values.data_ptr<scalar_t>();
+    scalar_t* y = out.data_ptr<scalar_t>();
+    parallel_for_trajectories(cu, num_segments, n, [&](int64_t b_begin, int64_t b_end) {
+      for (int64_t b = b_begin; b < b_end; ++b) {
+        const auto [begin, end] = segment_bounds(cu, b, n);
+        double carry = 0.0;
+        if (reverse) {
+          for (int64_t i = end - 1; i >= begin; --i) y[i] = static_cast<scalar_t>(carry = x[i] + decay * carry);
+        } else {
+          for (int64_t i = begin; i < end; ++i) y[i] = static_cast<scalar_t>(carry = x[i] + decay * carry);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// y_t = min_{k >= t} x_k within segments; a NaN poisons everything before it (as torch.minimum).
+at::Tensor segment_reverse_cummin(const at::Tensor& values, const at::Tensor& offsets) {
+  check_scan_inputs(values, offsets);
+  at::Tensor out = at::empty_like(values);
+  const int64_t n = values.numel(), num_segments = offsets.numel() - 1;
+  const int64_t* cu = offsets.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segment_reverse_cummin", [&] {
+    const scalar_t* x = values.data_ptr<scalar_t>();
+    scalar_t* y = out.data_ptr<scalar_t>();
+    parallel_for_trajectories(cu, num_segments, n, [&](int64_t b_begin, int64_t b_end) {
+      for (int64_t b = b_begin; b < b_end; ++b) {
+        const auto [begin, end] = segment_bounds(cu, b, n);
+        scalar_t running = std::numeric_limits<scalar_t>::infinity();
+        for (int64_t i = end - 1; i >= begin; --i) {
+          running = (std::isnan(x[i]) || std::isnan(running)) ? std::numeric_limits<scalar_t>::quiet_NaN()
+                                                              : std::min(running, x[i]);
+          y[i] = running;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// GAE over [B, L] rows with a response mask (verl's compute_gae_advantage_return): masked-out
+// tokens are skipped (their advantage and return are 0 and the recursion passes over them), the
+// value after a row's last masked token is 0.
+std::tuple<at::Tensor, at::Tensor> masked_gae(const at::Tensor& rewards, const at::Tensor& values,
+                                              const at::Tensor& mask, double gamma, double lam) {
+  TORCH_CHECK(rewards.dim() == 2 && rewards.is_contiguous() && values.is_contiguous() && mask.is_contiguous(),
+              "rewards, values and mask must be contiguous [B, L] tensors");
+  TORCH_CHECK(values.sizes() == rewards.sizes() && mask.sizes() == rewards.sizes(),
+              "rewards, values and mask must share one shape");
+  TORCH_CHECK(values.scalar_type() == rewards.scalar_type() && mask.scalar_type() == at::kBool,
+              "values must have rewards' dtype and mask must be bool");
+  TORCH_CHECK(rewards.scalar_type() == at::kFloat || rewards.scalar_type() == at::kDouble,
+              "rewards must be float32 or float64");
+  at::Tensor advantages = at::empty_like(rewards), returns = at::empty_like(rewards);
+  const int64_t rows = rewards.size(0), length = rewards.size(1);
+  const bool* keep = mask.data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES(rewards.scalar_type(), "masked_gae", [&] {
+    const scalar_t* r = rewards.data_ptr<scalar_t>();
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    scalar_t* adv = advantages.data_ptr<scalar_t>();
+    scalar_t* ret = returns.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, kMinStepsPerRange / std::max<int64_t>(length, 1));
+    at::parallel_for(0, rows, grain, [&](int64_t row_begin, int64_t row_end) {
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        const int64_t base = row * length;
+        double next_value = 0.0, running = 0.0;
+        for (int64_t t = length - 1; t >= 0; --t) {
+          const int64_t i = base + t;
+          if (!keep[i]) {
+            adv[i] = ret[i] = scalar_t(0);
+            continue;
+          }
+          const double value = v[i];
+          running = (r[i] + gamma * next_value - value) + gamma * lam * running;
+          next_value = value;
+          adv[i] = static_cast<scalar_t>(running);
+          ret[i] = static_cast<scalar_t>(running + value);
+        }
+      }
+    });
+  });
+  return {advantages, returns};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(crm_kernels_C, CPU, m) {
+  m.impl("segment_linear_scan", &segment_linear_scan);
+  m.impl("segment_reverse_cummin", &segment_reverse_cummin);
+  m.impl("masked_gae", &masked_gae);
+}
+
+}  // namespace crm::cpu
