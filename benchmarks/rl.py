@@ -8,10 +8,13 @@ Workloads (issue 6):
   places each step reward at its token (verl's reward managers loop over samples), OpenRLHF's
   reverse loop over token columns for returns, and verl's GRPO grouping (Python loops over samples
   and groups).
+- rollouts_gae: GAE (gamma 0.99, lambda 0.95) over the same batch's token layout [65,536, L].
 - long_gae: 1,024 responses of 16,384 tokens (random lengths up to that), GAE with gamma 0.99,
   lambda 0.95. Loop: verl's `compute_gae_advantage_return` (reverse loop over token columns).
 
-Medians over repetitions after one warm-up; CUDA events on GPUs.
+Medians over repetitions after one warm-up, synchronized on GPUs. Beside each figure, the floor:
+the bytes the workload must move at least (inputs read once, outputs written once) over the
+copy bandwidth measured in the same run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,19 @@ import torch
 from crm_kernels import rl
 from crm_kernels.data import cu_steps_from_lengths
 from crm_kernels.segment import segment_sum
+
+
+def copy_bandwidth(device, repeats: int) -> float:
+    """Bytes per second of a large tensor copy (read + write): the memory roof of this device."""
+    source = torch.ones(64 * 2**20, device=device)  # 256 MiB of float32
+    target = torch.empty_like(source)
+    return 2 * source.numel() * source.element_size() / timed(lambda: target.copy_(source), repeats, device)
+
+
+def gae_bytes(rewards, values, mask) -> int:
+    """GAE's minimum traffic: rewards, values and the mask read once, advantages and returns written."""
+    return (3 * rewards.numel() * rewards.element_size() + values.numel() * values.element_size()
+            + mask.numel() * mask.element_size())  # fmt: skip
 
 
 def timed(function, repeats: int, device) -> float:
@@ -132,9 +148,23 @@ def rollouts(device, repeats):
     ours_out, loop_out = ours(), loops()
     torch.testing.assert_close(ours_out[0], loop_out[0])
     torch.testing.assert_close(ours_out[2], loop_out[2], rtol=1e-4, atol=1e-4)
-    return {"workload": "rollouts: 65,536 trajectories x Poisson(16) steps, 8 tokens/step, groups of 8",
-            "steps": int(cu_steps[-1]), "seq_len": seq_len,
-            "ours_s": timed(ours, repeats, device), "loops_s": timed(loops, max(1, repeats // 3), device)}  # fmt: skip
+    steps = int(cu_steps[-1])
+    # The [B, L] token rewards written once; step rewards, offsets and indices read once; returns written.
+    floor_bytes = trajectories * seq_len * 4 + steps * (4 + 8 + 4) + cu_steps.numel() * 8
+    placement = {"workload": "rollouts: to_token_level + returns_to_go + group_advantages, 65,536 trajectories x "
+                             "Poisson(16) steps, 8 tokens/step, groups of 8",
+                 "steps": steps, "seq_len": seq_len, "floor_bytes": floor_bytes,
+                 "ours_s": timed(ours, repeats, device), "loops_s": timed(loops, max(1, repeats // 3), device)}  # fmt: skip
+
+    values = torch.randn(trajectories, seq_len, generator=generator).to(device) * mask
+    token_rewards = ours_out[0]
+    gae_ours = lambda: rl.gae(token_rewards, values, mask, 0.99, 0.95)  # noqa: E731
+    gae_loops = lambda: loop_gae(token_rewards, values, mask.float(), 0.99, 0.95)  # noqa: E731
+    torch.testing.assert_close(gae_ours()[0], gae_loops()[0], rtol=1e-4, atol=1e-4)
+    gae = {"workload": f"rollouts_gae: GAE over the same batch's token layout [65,536, {seq_len}]",
+           "tokens": int(mask.sum()), "floor_bytes": gae_bytes(token_rewards, values, mask),
+           "ours_s": timed(gae_ours, repeats, device), "loops_s": timed(gae_loops, max(1, repeats // 3), device)}  # fmt: skip
+    return [placement, gae]
 
 
 def long_gae(device, repeats):
@@ -143,15 +173,15 @@ def long_gae(device, repeats):
     rewards = torch.randn(responses, length, generator=generator).to(device)
     values = torch.randn(responses, length, generator=generator).to(device)
     response_lengths = torch.randint(length // 2, length + 1, (responses,), generator=generator).to(device)
-    mask = (torch.arange(length, device=device)[None, :] < response_lengths[:, None]).float()
+    mask = torch.arange(length, device=device)[None, :] < response_lengths[:, None]
     ours = lambda: rl.gae(rewards, values, mask, 0.99, 0.95)  # noqa: E731
     # verl's loop reads the value after the last response token (padding); zero it so that both
     # compute the same thing: a trajectory ends at its last response token.
     values_masked = values * mask
-    loops = lambda: loop_gae(rewards * mask, values_masked, mask, 0.99, 0.95)  # noqa: E731
+    loops = lambda: loop_gae(rewards * mask, values_masked, mask.float(), 0.99, 0.95)  # noqa: E731
     torch.testing.assert_close(ours()[0], loops()[0], rtol=1e-3, atol=1e-3)
     return {"workload": "long_gae: 1,024 responses x up to 16,384 tokens, gamma 0.99, lambda 0.95",
-            "tokens": int(mask.sum()), "ours_s": timed(ours, repeats, device),
+            "tokens": int(mask.sum()), "floor_bytes": gae_bytes(rewards, values, mask), "ours_s": timed(ours, repeats, device),
             "loops_s": timed(loops, max(1, repeats // 3), device)}  # fmt: skip
 
 
@@ -163,14 +193,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-    rows = [rollouts(device, args.repeats), long_gae(device, args.repeats)]
-    print(f"device: {name}, torch {torch.__version__}")
+    bandwidth = copy_bandwidth(device, args.repeats)
+    rows = [*rollouts(device, args.repeats), long_gae(device, args.repeats)]
+    print(f"device: {name}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     for row in rows:
+        row["floor_s"] = row["floor_bytes"] / bandwidth
         print(f"{row['workload']}\n    ours {row['ours_s'] * 1e3:9.1f} ms   loops {row['loops_s'] * 1e3:9.1f} ms   "
-              f"{row['loops_s'] / row['ours_s']:.1f}x")  # fmt: skip
+              f"{row['loops_s'] / row['ours_s']:5.1f}x faster   floor {row['floor_s'] * 1e3:7.1f} ms "
+              f"(ours at {row['floor_s'] / row['ours_s']:.0%} of it)")  # fmt: skip
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"rl_{device.type}.json")
     with open(out, "w") as f:
-        json.dump({"device": name, "torch": torch.__version__, "date": datetime.datetime.now(datetime.UTC).isoformat(),
+        json.dump({"device": name, "torch": torch.__version__, "copy_bandwidth_Bps": bandwidth, "date": datetime.datetime.now(datetime.UTC).isoformat(),
                    "rows": rows}, f, indent=1)  # fmt: skip
     return rows
 
