@@ -41,6 +41,14 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
+def word_tokenizer():
+    """A word-level tokenizer whose decoder puts the spaces between tokens (no token holds one)."""
+    import synthetic_arithmetic
+
+    return synthetic_arithmetic.build_tokenizer()
+
+
+@pytest.fixture(scope="module")
 def scorer(tokenizer):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
@@ -129,22 +137,42 @@ def test_scorer_rejects_bad_input(scorer, tokenizer):
         CRMScorer(scorer.model, tokenizer, TAG, SEP, batch_size=0)
 
 
-def test_step_end_mask_finds_separators_however_tokenized(tokenizer):
-    texts = ["Add 3.\n\nThen 4\n\n so", "x\n\n\n\ny", "", "no separator", "ends\n\n"]
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+def reference_step_ends(tokenizer, token_ids, separator):
+    """Character offsets of each token from decoding growing prefixes; a step ends at the token
+    holding a separator's first character, or the one before when the separator starts it."""
+    starts = [len(tokenizer.decode(token_ids[:k])) for k in range(len(token_ids) + 1)]
+    text = tokenizer.decode(token_ids)
+    ends = [False] * len(token_ids)
+    found = text.find(separator)
+    while found >= 0:
+        token = max(k for k in range(len(token_ids)) if starts[k] <= found)
+        if starts[token] == found:
+            token -= 1
+        if token >= 0:
+            ends[token] = True
+        found = text.find(separator, found + len(separator))
+    if token_ids:
+        ends[-1] = True
+    return ends
+
+
+@pytest.mark.parametrize("which", ["bpe", "word_level"])
+def test_step_end_mask_finds_separators_however_tokenized(tokenizer, word_tokenizer, which):
+    if which == "bpe":
+        policy, separator = tokenizer, SEP
+        texts = ["Add 3.\n\nThen 4\n\n so", "x\n\n\n\ny", "", "no separator", "ends\n\n", "\n\nstarts"]
+    else:  # words joined by the decoder's spaces, each word a step
+        policy, separator = word_tokenizer, " "
+        texts = ["3+4=7 7-2=5 5+1=6", "Q", "", "1+1=2 [UNK] 2+2=4"]
+    rows = [policy(t, add_special_tokens=False)["input_ids"] for t in texts]
     ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True)
     mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(r), dtype=torch.long) for r in rows], batch_first=True)
-    ends = step_end_mask(ids, mask, token_texts(tokenizer), SEP)
+    ends = step_end_mask(ids, mask, token_texts(policy), separator)
     for row, token_ids in enumerate(rows):
-        # Loop reference: decode growing prefixes; a token ends a step when the prefix's text
-        # gains a separator occurrence, and the last token always does.
-        expected, seen = [], 0
-        for length in range(1, len(token_ids) + 1):
-            count = tokenizer.decode(token_ids[:length]).count(SEP)
-            expected.append(count > seen or length == len(token_ids))
-            seen = count
-        assert ends[row, : len(token_ids)].tolist() == expected, texts[row]
+        assert ends[row, : len(token_ids)].tolist() == reference_step_ends(policy, token_ids, separator), texts[row]
         assert not ends[row, len(token_ids):].any()
+    if which == "word_level":
+        assert ends[0, :3].tolist() == [True, True, True]
 
 
 def test_score_tokens_places_rewards_on_step_ends(scorer, tokenizer):
@@ -393,3 +421,13 @@ def test_to_token_spans_against_loop():
     assert sum(counts) == values.numel()
     with pytest.raises(ValueError, match="increase"):
         rl.to_token_spans(values[:2], torch.tensor([0, 2]), torch.tensor([3, 3]), 12)
+
+
+def test_rl_rewards_demo_adapters_agree():
+    """python/rl_rewards_demo.py on the word-level task: verl's token rewards, read back per row,
+    are the log S(T) that TRL's and OpenRLHF's reward functions return for the same texts."""
+    import rl_rewards_demo
+
+    out = rl_rewards_demo.main(["--crm-steps", "20", "--problems", "3", "--samples", "3"])
+    torch.testing.assert_close(out["reward_tensor"].sum(1), torch.tensor(out["trl"]), rtol=1e-5, atol=1e-5)
+    assert (out["reward_tensor"] != 0).sum(1).tolist() == [len(s) for s in out["steps"]]

@@ -57,16 +57,35 @@ def split_steps(response: str, separator: str) -> list[str]:
 
 
 def token_texts(tokenizer) -> list[str]:
-    """The text of every token of a tokenizer's vocabulary, decoded alone (one pass, cached by
-    `CRMScorer`): what step boundaries are found in."""
-    return tokenizer.batch_decode([[token] for token in range(len(tokenizer))], skip_special_tokens=False)
+    """The text every token of a tokenizer's vocabulary adds after another token: what step
+    boundaries are found in (one pass, cached by `CRMScorer`).
+
+    A token is decoded after a fixed ordinary token and that token's own text is cut off, so the
+    space a decoder puts between words (word-level tokenizers) or restores from a "▁" marker
+    (SentencePiece, which drops it at the start of a text) is part of the token's text."""
+    special = set(tokenizer.all_special_ids)
+    anchor = next(token for token in range(len(tokenizer))
+                  if token not in special and tokenizer.decode([token]).strip())  # fmt: skip
+    prefix = tokenizer.decode([anchor])
+    texts = tokenizer.batch_decode([[anchor, token] for token in range(len(tokenizer))], skip_special_tokens=False)
+    alone = None
+    pieces = []
+    for token, text in enumerate(texts):
+        if text.startswith(prefix):
+            pieces.append(text[len(prefix):])
+        else:  # a decoder that rewrote the anchor: fall back to the token alone
+            alone = alone or tokenizer.batch_decode([[t] for t in range(len(tokenizer))], skip_special_tokens=False)
+            pieces.append(alone[token])
+    return pieces
 
 
 def step_end_mask(response_ids: Tensor, response_mask: Tensor, texts: Sequence[str], separator: str) -> Tensor:
-    """[B, L] bool: the response tokens that end a step. A step ends at the token that completes
-    an occurrence of the separator in the response's text (a tokenizer may write "\n\n" as one
-    token, two, or merged with punctuation), and at the response's last token (the final step
-    needs no separator). Responses are right-padded."""
+    """[B, L] bool: the response tokens that end a step, each step's last token before a separator
+    and the response's last token (the final step needs no separator). Responses are right-padded.
+
+    A tokenizer may write "\\n\\n" as one token, two, merged after punctuation (".\\n\\n") or before
+    a word ("\\n\\nThen"): the step ends at the token holding the separator's first character, or
+    at the token before it when the separator starts that token (it then opens the next step)."""
     response_mask = response_mask.bool()
     lengths = response_mask.sum(1).tolist()
     ends = torch.zeros(response_ids.shape, dtype=torch.bool)
@@ -79,8 +98,11 @@ def step_end_mask(response_ids: Tensor, response_mask: Tensor, texts: Sequence[s
         joined = "".join(pieces)
         found = joined.find(separator)
         while found >= 0:
-            last_char = found + len(separator) - 1
-            ends[row, bisect.bisect_right(piece_ends, last_char)] = True
+            token = bisect.bisect_right(piece_ends, found)
+            if found == piece_ends[token] - len(pieces[token]):  # the separator opens this token
+                token -= 1
+            if token >= 0:
+                ends[row, token] = True
             found = joined.find(separator, found + len(separator))
         ends[row, length - 1] = True
     return ends.to(response_ids.device)
