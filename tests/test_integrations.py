@@ -431,3 +431,19 @@ def test_rl_rewards_demo_adapters_agree():
     out = rl_rewards_demo.main(["--crm-steps", "20", "--problems", "3", "--samples", "3"])
     torch.testing.assert_close(out["reward_tensor"].sum(1), torch.tensor(out["trl"]), rtol=1e-5, atol=1e-5)
     assert (out["reward_tensor"] != 0).sum(1).tolist() == [len(s) for s in out["steps"]]
+
+
+def test_scorer_from_pretrained_and_openrlhf_reward_file(scorer, tokenizer, tmp_path, monkeypatch):
+    """A CRM saved with its tokenizer loads into CRMScorer, and the OpenRLHF reward file serves it."""
+    scorer.model.save_pretrained(str(tmp_path))
+    tokenizer.save_pretrained(str(tmp_path))
+    loaded = CRMScorer.from_pretrained(str(tmp_path), step_separator=SEP)
+    assert loaded.step_tag == TAG
+    prompts, steps = random_trajectories(12)
+    expected = scorer.score_steps(prompts, steps)
+    torch.testing.assert_close(loaded.score_steps(prompts, steps).hazard_logits, expected.hazard_logits)
+    monkeypatch.setenv("CRM_PATH", str(tmp_path))
+    import openrlhf_crm_reward
+
+    result = openrlhf_crm_reward.reward_func([p + SEP.join(s) for p, s in zip(prompts, steps)], prompts)
+    torch.testing.assert_close(result["rewards"], expected.log_survival)
