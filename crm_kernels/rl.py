@@ -36,6 +36,7 @@ from .segment import (
     segment_reverse_discounted_sum,
     segment_softmax,
     segment_sum,
+    triton_scans,
 )
 
 GROUP_METHODS = ("grpo", "dr_grpo", "rloo")
@@ -169,12 +170,21 @@ def _is_prefix_mask(mask: Tensor) -> bool:
 
 def _gae_right_padded(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float):
     """GAE when each row's trajectory is a prefix: the zeros after it add nothing, so the reverse
-    discounted sum runs on whole rows with shifted slices (no gathers, no segment bookkeeping)."""
+    discounted sum runs on whole rows: one Triton pass on GPUs, else doubling passes with shifted
+    slices (no gathers, no segment bookkeeping)."""
     next_values = torch.zeros_like(values)
     next_values[:, :-1] = (values * mask)[:, 1:]
     advantages = (rewards + gamma * next_values - values) * mask
-    decay, shift = float(gamma) * float(lam), 1
-    while shift < advantages.shape[1]:
+    decay = float(gamma) * float(lam)
+    rows, length = advantages.shape
+    if triton_scans(advantages) and advantages.numel():
+        from .triton.scan import segment_linear_scan
+
+        row_offsets = torch.arange(0, rows * length + 1, length, device=advantages.device)
+        advantages = segment_linear_scan(advantages.reshape(-1), row_offsets, decay, reverse=True).view(rows, length)
+        return advantages, (advantages + values) * mask
+    shift = 1
+    while shift < length:
         shifted = advantages.clone()
         shifted[:, :-shift] += decay**shift * advantages[:, shift:]
         advantages, shift = shifted, shift * 2

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backends import has_cpu_scans
+from ._backends import has_cpu_scans, is_available
 from ._validate import check_offset_values, check_offsets
 from .reference import accumulate_dtype
 
@@ -156,14 +156,15 @@ def segment_softmax(values: Tensor, offsets: Tensor, *, validate: bool = True) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Scans. On CPU tensors (no gradient wanted) they run in csrc/cpu/scan.cpp: one pass, one thread
-# per segment, sums carried in float64. Elsewhere each is a doubling (Hillis-Steele) scan: in pass
-# k every value combines with the one 2^k places before it (after it, for reverse scans) when that
-# one is in the same segment. Work is N log2(longest segment) with no Python loop over segments or
-# values; additions happen in a balanced tree within each segment, so a float32 scan over a long
-# segment is as accurate as a pairwise sum and never a difference of two large prefix sums (which
-# cancels). The number of passes needs the longest segment: one host sync (a graph break under
-# torch.compile).
+# Scans. With no gradient wanted they run in one pass: on CPU tensors in csrc/cpu/scan.cpp (one
+# thread per segment, sums carried in float64), and the linear ones on GPUs in Triton
+# (crm_kernels/triton/scan.py). Otherwise (gradients, tracing, the running minimum on GPUs) each
+# is a doubling (Hillis-Steele) scan: in pass k every value combines with the one 2^k places
+# before it (after it, for reverse scans) when that one is in the same segment. Work is
+# N log2(longest segment) with no Python loop over segments or values; additions happen in a
+# balanced tree within each segment, so a float32 scan over a long segment is as accurate as a
+# pairwise sum and never a difference of two large prefix sums (which cancels). The number of
+# passes needs the longest segment: one host sync (a graph break under torch.compile).
 
 
 def _scan(values: Tensor, offsets: Tensor, combine, reverse: bool) -> Tensor:
@@ -198,11 +199,27 @@ def one_pass_scans(*tensors: Tensor) -> bool:
     )
 
 
+def triton_scans(*tensors: Tensor) -> bool:
+    """Whether the one-pass Triton scans (crm_kernels/triton/scan.py) take these tensors: on a GPU
+    Triton runs on, outside tracing, with no gradient wanted."""
+    return (
+        all(t.device.type == "cuda" for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+        and is_available("triton", tensors[0].device)
+    )
+
+
 def _linear_scan(values: Tensor, offsets: Tensor, decay: float, reverse: bool) -> Tensor:
-    """y_t = x_t + decay * y_{t -/+ 1} within each segment, by whichever scan serves the tensors."""
+    """y_t = x_t + decay * y_{t -/+ 1} within each segment, by whichever scan serves the tensors:
+    C++ on CPUs, Triton on GPUs, the doubling scan otherwise (and for gradients)."""
     if one_pass_scans(values):
         kernels = torch.ops.crm_kernels_C
         return kernels.segment_linear_scan(_float(values).contiguous(), offsets.long().contiguous(), decay, reverse)
+    if triton_scans(values):
+        from .triton.scan import segment_linear_scan
+
+        return segment_linear_scan(_float(values), offsets, decay, reverse)
     return _scan(values, offsets, lambda own, other, shift: own + decay**shift * other, reverse=reverse)
 
 
