@@ -175,6 +175,31 @@ def test_step_end_mask_finds_separators_however_tokenized(tokenizer, word_tokeni
         assert ends[0, :3].tolist() == [True, True, True]
 
 
+def test_step_end_mask_on_a_hand_made_vocabulary(seed):
+    """Tokens holding the separator inside, at their start, twice, split over two tokens, or
+    a lone character of it, in random sequences; against the rule applied to the joined text."""
+    texts = ["a", "b c", ".\n\n", "\n\n", "\n", "x\n", "\ny", "\n\nThe", "\n\n\n\n", "q\n\nr", "<eos>"]
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(len(texts), (16, 40), generator=generator)
+    mask = torch.arange(40)[None, :] < torch.randint(0, 41, (16, 1), generator=generator)
+    ends = step_end_mask(ids, mask, texts, SEP)
+    for row in range(16):
+        tokens = ids[row][mask[row]].tolist()
+        starts = [sum(len(texts[t]) for t in tokens[:k]) for k in range(len(tokens))]
+        text = "".join(texts[t] for t in tokens)
+        expected = [False] * len(tokens)
+        found = text.find(SEP)
+        while found >= 0:
+            token = max(k for k in range(len(tokens)) if starts[k] <= found)
+            token -= starts[token] == found
+            if token >= 0:
+                expected[token] = True
+            found = text.find(SEP, found + len(SEP))
+        if tokens:
+            expected[-1] = True
+        assert ends[row].tolist() == expected + [False] * (40 - len(tokens))
+
+
 def test_score_tokens_places_rewards_on_step_ends(scorer, tokenizer):
     prompts, steps = random_trajectories(4, count=9)
     # Different separator spellings: "\n\n" alone, merged with a space, and repeated.

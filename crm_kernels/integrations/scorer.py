@@ -79,21 +79,69 @@ def token_texts(tokenizer) -> list[str]:
     return pieces
 
 
-def step_end_mask(response_ids: Tensor, response_mask: Tensor, texts: Sequence[str], separator: str) -> Tensor:
+# What a token's own text holds of a separator (`separator_tokens`): some of its characters, an
+# occurrence at its start (which closes the step before the token), one after its start (which
+# closes the step at the token).
+HOLDS_CHARACTER, OPENS_WITH_SEPARATOR, HOLDS_SEPARATOR = 1, 2, 4
+
+
+def separator_tokens(texts: Sequence[str], separator: str) -> Tensor:
+    """[V] int8 flags per token of what its text holds of the separator (the constants above).
+    Every token a separator's occurrence overlaps holds one of its characters, so occurrences lie
+    within runs of such tokens, and a run of one token is read from its flags alone."""
+    characters = set(separator)
+    flags = []
+    for text in texts:
+        flag = 0 if characters.isdisjoint(text) else HOLDS_CHARACTER
+        found = text.find(separator)
+        while found >= 0:
+            flag |= OPENS_WITH_SEPARATOR if found == 0 else HOLDS_SEPARATOR
+            found = text.find(separator, found + len(separator))
+        flags.append(flag)
+    return torch.tensor(flags, dtype=torch.int8)
+
+
+def step_end_mask(response_ids: Tensor, response_mask: Tensor, texts: Sequence[str], separator: str,
+                  flags: Tensor | None = None) -> Tensor:  # fmt: skip
     """[B, L] bool: the response tokens that end a step, each step's last token before a separator
     and the response's last token (the final step needs no separator). Responses are right-padded.
 
     A tokenizer may write "\\n\\n" as one token, two, merged after punctuation (".\\n\\n") or before
     a word ("\\n\\nThen"): the step ends at the token holding the separator's first character, or
-    at the token before it when the separator starts that token (it then opens the next step)."""
-    response_mask = response_mask.bool()
-    lengths = response_mask.sum(1).tolist()
+    at the token before it when the separator starts that token (it then opens the next step).
+    `flags` is `separator_tokens(texts, separator)`, computed when not given."""
+    response_ids, response_mask = response_ids.cpu(), response_mask.cpu().bool()
+    if flags is None:
+        flags = separator_tokens(texts, separator)
+    length = response_mask.sum(1)
     ends = torch.zeros(response_ids.shape, dtype=torch.bool)
-    # Text has no vectorized form: one pass over each response's token texts.
-    for row, (ids, length) in enumerate(zip(response_ids.tolist(), lengths)):
-        if length == 0:
-            continue
-        pieces = [texts[token] for token in ids[:length]]
+    rows = torch.nonzero(length > 0).squeeze(1)
+    ends[rows, length[rows] - 1] = True
+    token_flags = torch.where(response_mask, flags[response_ids.clamp(0, flags.numel() - 1)].long(), 0)
+    hit_rows, hit_columns = (token_flags != 0).nonzero(as_tuple=True)
+    if hit_rows.numel() == 0:
+        return ends
+    # Runs of consecutive tokens holding separator characters; a run of one is read from flags.
+    continues = (hit_rows[1:] == hit_rows[:-1]) & (hit_columns[1:] == hit_columns[:-1] + 1)
+    alone = torch.ones_like(hit_rows, dtype=torch.bool)
+    alone[1:] &= ~continues
+    alone[:-1] &= ~continues
+    single_flags = token_flags[hit_rows[alone], hit_columns[alone]]
+    inside = (single_flags & HOLDS_SEPARATOR) != 0
+    ends[hit_rows[alone][inside], hit_columns[alone][inside]] = True
+    opening = ((single_flags & OPENS_WITH_SEPARATOR) != 0) & (hit_columns[alone] > 0)
+    ends[hit_rows[alone][opening], hit_columns[alone][opening] - 1] = True
+    # Longer runs (a separator split over tokens): their text, one Python pass each.
+    run_begins = torch.nonzero(torch.cat([torch.ones(1, dtype=torch.bool), ~continues])).squeeze(1)
+    run_lengths = torch.diff(run_begins, append=torch.tensor([hit_rows.numel()]))
+    long_runs = run_lengths > 1
+    if not bool(long_runs.any()):
+        return ends
+    ids = response_ids.tolist()
+    end_rows, end_columns = [], []
+    for row, column, count in zip(hit_rows[run_begins[long_runs]].tolist(), hit_columns[run_begins[long_runs]].tolist(),
+                                  run_lengths[long_runs].tolist()):  # fmt: skip
+        pieces = [texts[token] for token in ids[row][column: column + count]]
         piece_ends = list(itertools.accumulate(len(piece) for piece in pieces))
         joined = "".join(pieces)
         found = joined.find(separator)
@@ -101,11 +149,12 @@ def step_end_mask(response_ids: Tensor, response_mask: Tensor, texts: Sequence[s
             token = bisect.bisect_right(piece_ends, found)
             if found == piece_ends[token] - len(pieces[token]):  # the separator opens this token
                 token -= 1
-            if token >= 0:
-                ends[row, token] = True
+            if column + token >= 0:
+                end_rows.append(row)
+                end_columns.append(column + token)
             found = joined.find(separator, found + len(separator))
-        ends[row, length - 1] = True
-    return ends.to(response_ids.device)
+    ends[end_rows, end_columns] = True
+    return ends
 
 
 class CRMScorer:
@@ -131,7 +180,7 @@ class CRMScorer:
         self.step_tag = step_tag
         self.step_separator = step_separator
         self.batch_size = batch_size
-        self._token_texts: dict[int, list[str]] = {}
+        self._token_texts: dict[int, tuple[list[str], Tensor]] = {}
 
     @classmethod
     def from_pretrained(cls, path: str, step_separator: str = "\n\n", batch_size: int = 32, device=None,
@@ -200,8 +249,10 @@ class CRMScorer:
             raise ValueError(f"{len(prompts)} prompts for {response_ids.shape[0]} responses")
         key = id(policy_tokenizer)
         if key not in self._token_texts:
-            self._token_texts[key] = token_texts(policy_tokenizer)
-        ends = step_end_mask(response_ids.cpu(), response_mask.cpu(), self._token_texts[key], self.step_separator)
+            texts = token_texts(policy_tokenizer)
+            self._token_texts[key] = (texts, separator_tokens(texts, self.step_separator))
+        texts, candidates = self._token_texts[key]
+        ends = step_end_mask(response_ids, response_mask, texts, self.step_separator, candidates)
         cu_ends = torch.zeros(ends.shape[0] + 1, dtype=torch.long)
         torch.cumsum(ends.sum(1), 0, out=cu_ends[1:])
         rows, columns = ends.nonzero(as_tuple=True)
