@@ -4,9 +4,9 @@ A trainer hands over (prompt, response) pairs, as text (TRL, OpenRLHF's reward f
 the policy's token ids (verl, OpenRLHF's experience maker). The CRM reads text with its own
 tokenizer and step tag, so a response is split into steps at a separator ("\\n\\n" by default),
 each step is written followed by the CRM's tag (`crm_kernels.data.encode`), and the model scores
-the batch. For token-level rewards the same split is made on the policy's tokens: a step ends at
-the token that completes a separator, and the last step at the response's last token, so step k
-of the CRM's input is exactly the policy tokens ending at `step_token_index[k]`.
+the batch. For token-level rewards the same split is made on the policy's tokens (`step_end_mask`:
+a step ends at its last token before a separator, the last step at the response's last token),
+so step k of the CRM's input is exactly the policy tokens ending at `step_token_index[k]`.
 """
 
 from __future__ import annotations
@@ -251,10 +251,8 @@ class CRMScorer:
         if key not in self._token_texts:
             texts = token_texts(policy_tokenizer)
             self._token_texts[key] = (texts, separator_tokens(texts, self.step_separator))
-        texts, candidates = self._token_texts[key]
-        ends = step_end_mask(response_ids, response_mask, texts, self.step_separator, candidates)
-        cu_ends = torch.zeros(ends.shape[0] + 1, dtype=torch.long)
-        torch.cumsum(ends.sum(1), 0, out=cu_ends[1:])
+        texts, flags = self._token_texts[key]
+        ends = step_end_mask(response_ids, response_mask, texts, self.step_separator, flags)
         rows, columns = ends.nonzero(as_tuple=True)
         starts = torch.zeros_like(columns)
         follows = rows[1:] == rows[:-1]
@@ -262,10 +260,10 @@ class CRMScorer:
         ids = response_ids.cpu().tolist()
         # Decoding is per step: text is the CRM's input, and tokenizers offer no batched slicing.
         spans = [ids[row][start: end + 1] for row, start, end in zip(rows.tolist(), starts.tolist(), columns.tolist())]
-        texts = policy_tokenizer.batch_decode(spans, skip_special_tokens=True)
+        step_texts = policy_tokenizer.batch_decode(spans, skip_special_tokens=True)
         steps = [[] for _ in range(len(prompts))]
         keep = []
-        for index, (row, text) in enumerate(zip(rows.tolist(), texts)):
+        for index, (row, text) in enumerate(zip(rows.tolist(), step_texts)):
             text = text.replace(self.step_separator, " ").strip()
             if text:
                 steps[row].append(text)
