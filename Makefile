@@ -23,6 +23,7 @@ test: build
 
 bench: build
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.rl
 
 # The CPU kernels under AddressSanitizer, fed invalid input with validation off (SPEC 5: no
 # out-of-bounds access whatever the input). Builds a sanitized copy in build/asan.
