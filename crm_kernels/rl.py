@@ -28,7 +28,7 @@ from .segment import (
     _float,
     check_segments,
     lengths,
-    one_pass_scans,
+    scan_backend,
     segment_gae,
     segment_ids,
     segment_mean,
@@ -36,7 +36,6 @@ from .segment import (
     segment_reverse_discounted_sum,
     segment_softmax,
     segment_sum,
-    triton_scans,
 )
 
 GROUP_METHODS = ("grpo", "dr_grpo", "rloo")
@@ -145,7 +144,7 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
         raise ValueError(f"values and mask must have token_rewards' shape {tuple(token_rewards.shape)}")
     if token_rewards.dim() != 2:
         raise ValueError(f"token_rewards must be [B, L], got shape {tuple(token_rewards.shape)}")
-    if one_pass_scans(token_rewards, values, mask):
+    if scan_backend(token_rewards, values, mask) == "cpu":
         rewards = _float(token_rewards).contiguous()
         return torch.ops.crm_kernels_C.masked_gae(rewards, values.to(rewards.dtype).contiguous(),
                                                   mask.bool().contiguous(), float(gamma), float(lam))  # fmt: skip
@@ -177,7 +176,7 @@ def _gae_right_padded(rewards: Tensor, values: Tensor, mask: Tensor, gamma: floa
     advantages = (rewards + gamma * next_values - values) * mask
     decay = float(gamma) * float(lam)
     rows, length = advantages.shape
-    if triton_scans(advantages) and advantages.numel():
+    if scan_backend(advantages) == "triton" and advantages.numel():
         from .triton.scan import segment_linear_scan
 
         row_offsets = torch.arange(0, rows * length + 1, length, device=advantages.device)

@@ -187,36 +187,28 @@ def _scan(values: Tensor, offsets: Tensor, combine, reverse: bool) -> Tensor:
     return result
 
 
-def one_pass_scans(*tensors: Tensor) -> bool:
-    """Whether the one-pass C++ scans (csrc/cpu/scan.cpp) take these tensors: on CPU with the
-    extension built, outside torch.compile's tracing, and with no gradient wanted (they are not
-    differentiable; the doubling scans above are)."""
-    return (
-        all(t.device.type == "cpu" for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and not torch.compiler.is_compiling()
-        and has_cpu_scans()
-    )
-
-
-def triton_scans(*tensors: Tensor) -> bool:
-    """Whether the one-pass Triton scans (crm_kernels/triton/scan.py) take these tensors: on a GPU
-    Triton runs on, outside tracing, with no gradient wanted."""
-    return (
-        all(t.device.type == "cuda" for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and not torch.compiler.is_compiling()
-        and is_available("triton", tensors[0].device)
-    )
+def scan_backend(*tensors: Tensor) -> str | None:
+    """Which one-pass scan takes these tensors: "cpu" (csrc/cpu/scan.cpp, the extension built),
+    "triton" (crm_kernels/triton/scan.py, on a GPU Triton runs on), or None for the doubling scans
+    above, which also serve gradients (the one-pass scans are not differentiable) and tracing."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return None
+    devices = {t.device.type for t in tensors}
+    if devices == {"cpu"} and has_cpu_scans():
+        return "cpu"
+    if devices == {"cuda"} and is_available("triton", tensors[0].device):
+        return "triton"
+    return None
 
 
 def _linear_scan(values: Tensor, offsets: Tensor, decay: float, reverse: bool) -> Tensor:
     """y_t = x_t + decay * y_{t -/+ 1} within each segment, by whichever scan serves the tensors:
     C++ on CPUs, Triton on GPUs, the doubling scan otherwise (and for gradients)."""
-    if one_pass_scans(values):
+    backend = scan_backend(values)
+    if backend == "cpu":
         kernels = torch.ops.crm_kernels_C
         return kernels.segment_linear_scan(_float(values).contiguous(), offsets.long().contiguous(), decay, reverse)
-    if triton_scans(values):
+    if backend == "triton":
         from .triton.scan import segment_linear_scan
 
         return segment_linear_scan(_float(values), offsets, decay, reverse)
@@ -239,7 +231,7 @@ def segment_reverse_discounted_sum(values: Tensor, offsets: Tensor, gamma: float
 def segment_reverse_cummin(values: Tensor, offsets: Tensor, *, validate: bool = True) -> Tensor:
     """[N] y_t = min_{k >= t} x_k within each segment (NaN propagates)."""
     check_segments(values, offsets, validate)
-    if one_pass_scans(values):
+    if scan_backend(values) == "cpu":
         return torch.ops.crm_kernels_C.segment_reverse_cummin(_float(values).contiguous(), offsets.long().contiguous())
     return _scan(values, offsets, lambda own, other, shift: torch.minimum(own, other), reverse=True)
 

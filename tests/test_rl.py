@@ -26,8 +26,8 @@ def test_one_pass_scans_are_built_with_the_extension(scan_path):
     if "cpu" in crm_kernels.available_backends(torch.device("cpu")):
         assert _backends.has_cpu_scans()
     values = torch.randn(5)
-    assert segment.one_pass_scans(values) == (scan_path == "one_pass")
-    assert not segment.one_pass_scans(values.requires_grad_())  # gradients take the torch scans
+    assert segment.scan_backend(values) == ("cpu" if scan_path == "one_pass" else None)
+    assert segment.scan_backend(values.requires_grad_()) is None  # gradients take the torch scans
 
 
 def test_scans_are_differentiable_on_the_torch_path(scan_path):

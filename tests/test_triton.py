@@ -92,9 +92,8 @@ def test_gae_and_returns_route_through_the_triton_scan(monkeypatch, seed):
     calls = []
     monkeypatch.setattr(scan, "segment_linear_scan",
                         lambda *args, real=scan.segment_linear_scan, **kw: calls.append(1) or real(*args, **kw))  # fmt: skip
-    monkeypatch.setattr(segment, "has_cpu_scans", lambda: False)
-    monkeypatch.setattr(segment, "triton_scans", lambda *tensors: True)
-    monkeypatch.setattr(rl, "triton_scans", lambda *tensors: True)
+    monkeypatch.setattr(segment, "scan_backend", lambda *tensors: "triton")
+    monkeypatch.setattr(rl, "scan_backend", lambda *tensors: "triton")
     generator = torch.Generator().manual_seed(seed)
     rewards = torch.randn(5, 37, generator=generator, dtype=torch.float64)
     values = torch.randn(5, 37, generator=generator, dtype=torch.float64)
