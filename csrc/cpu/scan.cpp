@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "sweep.h"
 
@@ -35,52 +36,51 @@ void check_scan_inputs(const at::Tensor& values, const at::Tensor& offsets) {
               "offsets must be a contiguous 1-D int64 tensor with at least one entry");
 }
 
-// y_t = x_t + decay * y_{t-1} (forward) or y_t = x_t + decay * y_{t+1} (reverse), within segments.
-at::Tensor segment_linear_scan(const at::Tensor& values, const at::Tensor& offsets, double decay, bool reverse) {
+// Runs visit(x, y, begin, end) over every segment of `values`, writing a new tensor of its shape
+// and dtype: the walk both segment scans share.
+template <typename Visit>
+at::Tensor scan_segments(const at::Tensor& values, const at::Tensor& offsets, const Visit& visit) {
   check_scan_inputs(values, offsets);
   at::Tensor out = at::empty_like(values);
   const int64_t n = values.numel(), num_segments = offsets.numel() - 1;
   const int64_t* cu = offsets.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segment_linear_scan", [&] {
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "scan_segments", [&] {
     const scalar_t* x = values.data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
     parallel_for_trajectories(cu, num_segments, n, [&](int64_t b_begin, int64_t b_end) {
       for (int64_t b = b_begin; b < b_end; ++b) {
         const auto [begin, end] = segment_bounds(cu, b, n);
-        double carry = 0.0;
-        if (reverse) {
-          for (int64_t i = end - 1; i >= begin; --i) y[i] = static_cast<scalar_t>(carry = x[i] + decay * carry);
-        } else {
-          for (int64_t i = begin; i < end; ++i) y[i] = static_cast<scalar_t>(carry = x[i] + decay * carry);
-        }
+        visit(x, y, begin, end);
       }
     });
   });
   return out;
 }
 
+// y_t = x_t + decay * y_{t-1} (forward) or y_t = x_t + decay * y_{t+1} (reverse), within segments.
+at::Tensor segment_linear_scan(const at::Tensor& values, const at::Tensor& offsets, double decay, bool reverse) {
+  return scan_segments(values, offsets, [&](const auto* x, auto* y, int64_t begin, int64_t end) {
+    using scalar_t = std::remove_pointer_t<decltype(y)>;
+    double carry = 0.0;
+    if (reverse) {
+      for (int64_t i = end - 1; i >= begin; --i) y[i] = static_cast<scalar_t>(carry = x[i] + decay * carry);
+    } else {
+      for (int64_t i = begin; i < end; ++i) y[i] = static_cast<scalar_t>(carry = x[i] + decay * carry);
+    }
+  });
+}
+
 // y_t = min_{k >= t} x_k within segments; a NaN poisons everything before it (as torch.minimum).
 at::Tensor segment_reverse_cummin(const at::Tensor& values, const at::Tensor& offsets) {
-  check_scan_inputs(values, offsets);
-  at::Tensor out = at::empty_like(values);
-  const int64_t n = values.numel(), num_segments = offsets.numel() - 1;
-  const int64_t* cu = offsets.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segment_reverse_cummin", [&] {
-    const scalar_t* x = values.data_ptr<scalar_t>();
-    scalar_t* y = out.data_ptr<scalar_t>();
-    parallel_for_trajectories(cu, num_segments, n, [&](int64_t b_begin, int64_t b_end) {
-      for (int64_t b = b_begin; b < b_end; ++b) {
-        const auto [begin, end] = segment_bounds(cu, b, n);
-        scalar_t running = std::numeric_limits<scalar_t>::infinity();
-        for (int64_t i = end - 1; i >= begin; --i) {
-          running = (std::isnan(x[i]) || std::isnan(running)) ? std::numeric_limits<scalar_t>::quiet_NaN()
-                                                              : std::min(running, x[i]);
-          y[i] = running;
-        }
-      }
-    });
+  return scan_segments(values, offsets, [](const auto* x, auto* y, int64_t begin, int64_t end) {
+    using scalar_t = std::remove_pointer_t<decltype(y)>;
+    scalar_t running = std::numeric_limits<scalar_t>::infinity();
+    for (int64_t i = end - 1; i >= begin; --i) {
+      running = (std::isnan(x[i]) || std::isnan(running)) ? std::numeric_limits<scalar_t>::quiet_NaN()
+                                                          : std::min(running, x[i]);
+      y[i] = running;
+    }
   });
-  return out;
 }
 
 // GAE over [B, L] rows with a response mask (verl's compute_gae_advantage_return): masked-out
