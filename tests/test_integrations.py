@@ -322,25 +322,26 @@ def test_verl_min_form_estimator(temperature):
 @pytest.fixture
 def fake_verl(monkeypatch):
     """verl's two registries as its modules define them (register / register_adv_est)."""
+    # Imported before verl "exists", so that the test's reload is the only registration (a first
+    # import there followed by the reload would register two different class objects).
+    importlib.import_module("crm_kernels.integrations.verl")
     reward_managers, estimators = {}, {}
 
-    def register(name):
-        def decorator(cls):
-            if name in reward_managers and reward_managers[name] != cls:
-                raise ValueError(f"Reward manager {name} has already been registered")
-            reward_managers[name] = cls
-            return cls
+    def registering_into(registry):
+        """verl's decorator factories: a second, different entry under one name is an error."""
 
-        return decorator
+        def register(name):
+            def decorator(entry):
+                if name in registry and registry[name] != entry:
+                    raise ValueError(f"{name} has already been registered")
+                registry[name] = entry
+                return entry
 
-    def register_adv_est(name):
-        def decorator(fn):
-            if name in estimators and estimators[name] != fn:
-                raise ValueError(f"Adv estimator {name} has already been registered")
-            estimators[name] = fn
-            return fn
+            return decorator
 
-        return decorator
+        return register
+
+    register, register_adv_est = registering_into(reward_managers), registering_into(estimators)
 
     modules = {
         "verl": {}, "verl.trainer": {}, "verl.trainer.ppo": {}, "verl.workers": {},
