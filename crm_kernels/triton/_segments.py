@@ -22,6 +22,29 @@ import triton.language as tl
 BLOCK_STEPS = 1024
 CARRY_BLOCK = 1024
 
+# How the kernels are specialized. Triton compiles a new variant for every class of value an
+# unannotated int takes (== 1, divisible by 16, above 2^31) and for every 16-byte alignment of a
+# pointer. Sizes therefore have fixed types (int64 where they count steps or trajectories, which may
+# pass 2^31) and are never specialized: one variant serves every batch shape, and a GPU user does
+# not pay a fresh compile when a batch happens to hold 16k steps. Pointers that are only gathered
+# through (per-trajectory offsets and labels) gain nothing from alignment and are not specialized
+# on it; the per-step streams keep it, since it decides their vector width.
+# benchmarks/gpu_resources.py compiles every variant the wrappers launch for sm_80 and sm_90.
+SIZES = ("num_steps", "num_trajectories", "search_steps", "num_chunks")
+GATHERED = ("cu_steps_ptr", "outcome_ptr", "first_error_ptr")
+
+
+
+def launch_options(acc_dtype: torch.dtype) -> dict:
+    """Options of every launch. Warps: float32 kernels spread a chunk's 1024 steps over 8 warps (4
+    steps a thread) and float64 ones, whose values take two registers each, over 16. With 4 warps
+    ptxas needed up to 138 registers (and spilled) for float32 crm_loss and 254 for float64; now
+    every variant fits in 128 (benchmarks/results/gpu_resources.md), leaving at least 16 warps
+    resident per SM. FMA contraction is set explicitly (Triton 3.9 defaults it on, 3.10 off): off
+    keeps the GPU's arithmetic that of the interpreter the tests run, less the approximate exp
+    (ex2.approx.f32) and division (div.full.f32); see README "Accuracy on GPUs"."""
+    return dict(num_warps=16 if acc_dtype == torch.float64 else 8, enable_fp_fusion=False)
+
 
 @triton.jit
 def segment_of(step, cu_steps_ptr, num_trajectories, search_steps):
@@ -117,8 +140,8 @@ def add_carry(sums, channel, first_pos, chunk_start, carries_ptr, num_chunks):
     return sums + tl.where(first_pos < chunk_start, carry, 0.0)
 
 
-@triton.jit
-def _chunk_carries_kernel(tails_ptr, fresh_ptr, carries_ptr, num_chunks, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=SIZES)
+def _chunk_carries_kernel(tails_ptr, fresh_ptr, carries_ptr, num_chunks: tl.int32, BLOCK: tl.constexpr):
     """Phase 2, one program per channel: carries[c] = running sum of the segment open at the end
     of chunk c - 1. The same segmented sum as inside a chunk, over chunk summaries."""
     channel = tl.program_id(0)
@@ -134,6 +157,14 @@ def _chunk_carries_kernel(tails_ptr, fresh_ptr, carries_ptr, num_chunks, BLOCK: 
         sums = tl.where(seen_fresh != 0, sums, sums + running)
         tl.store(carries_ptr + chunk + 1, sums, mask=chunk + 1 < num_chunks)
         running = last_lane(sums, BLOCK)
+
+
+def byte_flags(labels: torch.Tensor) -> torch.Tensor:
+    """0/1 labels of any accepted dtype as one byte each, so one compiled variant reads them all:
+    a free view for 1-byte dtypes, one small elementwise op for wider ones."""
+    if labels.element_size() == 1:
+        return labels.view(torch.uint8)
+    return (labels != 0).view(torch.uint8)
 
 
 def search_steps(num_trajectories: int) -> int:
@@ -152,7 +183,8 @@ def launch_scan(kernel, num_steps: int, num_channels: int, acc_dtype: torch.dtyp
     tails = torch.empty((num_channels, num_chunks), dtype=acc_dtype, device=device)
     fresh = torch.empty(num_chunks, dtype=torch.int32, device=device)
     carries = torch.zeros((num_channels, num_chunks), dtype=acc_dtype, device=device)
+    options = launch_options(acc_dtype)
     if num_chunks > 1:
-        kernel[(num_chunks,)](*args, tails, fresh, carries, num_chunks, BLOCK=block, FINAL=False, **kwargs)
-        _chunk_carries_kernel[(num_channels,)](tails, fresh, carries, num_chunks, BLOCK=CARRY_BLOCK)
-    kernel[(num_chunks,)](*args, tails, fresh, carries, num_chunks, BLOCK=block, FINAL=True, **kwargs)
+        kernel[(num_chunks,)](*args, tails, fresh, carries, num_chunks, BLOCK=block, FINAL=False, **kwargs, **options)
+        _chunk_carries_kernel[(num_channels,)](tails, fresh, carries, num_chunks, BLOCK=CARRY_BLOCK, **options)
+    kernel[(num_chunks,)](*args, tails, fresh, carries, num_chunks, BLOCK=block, FINAL=True, **kwargs, **options)

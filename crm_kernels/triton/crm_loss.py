@@ -13,9 +13,13 @@ from ..reference import accumulate_dtype
 from . import _math
 from ._segments import (
     BLOCK_STEPS,
+    GATHERED,
+    SIZES,
     add_carry,
     chunk_layout,
     launch_scan,
+    byte_flags,
+    launch_options,
     search_steps,
     segmented_cumsum2,
     store_chunk_freshness,
@@ -32,11 +36,12 @@ def _first_error_of(first_error_ptr, seg, HAS_FIRST_ERROR: tl.constexpr):
         return tl.full(seg.shape, -1, tl.int64)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES, do_not_specialize_on_alignment=GATHERED + ("losses_ptr", "log_survival_total_ptr"))
 def _crm_loss_forward_kernel(
     logits_ptr, cu_steps_ptr, outcome_ptr, first_error_ptr, losses_ptr, log_survival_total_ptr,
-    w_survive, w_wrong, w_first_error, num_steps, num_trajectories, search_steps,
-    tails_ptr, fresh_ptr, carries_ptr, num_chunks,
+    w_survive: tl.float64, w_wrong: tl.float64, w_first_error: tl.float64,
+    num_steps: tl.int64, num_trajectories: tl.int64, search_steps: tl.int32,
+    tails_ptr, fresh_ptr, carries_ptr, num_chunks: tl.int32,
     HAS_FIRST_ERROR: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, FINAL: tl.constexpr,
 ):  # fmt: skip
     chunk_start, pos, valid, step, seg, seg_begin, seg_end, first_pos = chunk_layout(
@@ -56,8 +61,9 @@ def _crm_loss_forward_kernel(
         last = valid & (step == seg_end - 1)
         correct = tl.load(outcome_ptr + seg, mask=last, other=0) != 0
         loss = _math.trajectory_loss(
-            softplus_sums, first_error_sums, correct, first_error >= 0, w_survive, w_wrong, w_first_error
-        )
+            softplus_sums, first_error_sums, correct, first_error >= 0,
+            tl.cast(w_survive, ACC), tl.cast(w_wrong, ACC), tl.cast(w_first_error, ACC),
+        )  # fmt: skip
         tl.store(losses_ptr + seg, loss, mask=last)
         tl.store(log_survival_total_ptr + seg, -softplus_sums, mask=last)
     else:
@@ -66,10 +72,11 @@ def _crm_loss_forward_kernel(
         store_chunk_freshness(valid, first_pos, chunk_start, fresh_ptr)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES, do_not_specialize_on_alignment=GATHERED + ("grad_losses_ptr", "log_survival_total_ptr"))
 def _crm_loss_backward_kernel(
     grad_losses_ptr, logits_ptr, cu_steps_ptr, outcome_ptr, first_error_ptr, log_survival_total_ptr, grad_logits_ptr,
-    w_survive, w_wrong, w_first_error, num_steps, num_trajectories, search_steps,
+    w_survive: tl.float64, w_wrong: tl.float64, w_first_error: tl.float64,
+    num_steps: tl.int64, num_trajectories: tl.int64, search_steps: tl.int32,
     HAS_FIRST_ERROR: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     chunk_start, pos, valid, step, seg, seg_begin, seg_end, first_pos = chunk_layout(
@@ -81,8 +88,8 @@ def _crm_loss_backward_kernel(
     log_survival = tl.load(log_survival_total_ptr + seg).to(ACC)
     first_error = _first_error_of(first_error_ptr, seg, HAS_FIRST_ERROR)
     # dl/dx_t = h_t * (coef + [t < z] w_z), and h_z * coef - w_z * sigmoid(-x_z) at t = z (crm_math.h).
-    coef = upstream * tl.where(correct, w_survive, w_wrong * _math.flawed_grad_scale(log_survival))
-    first_error_grad = tl.where(first_error >= 0, upstream * w_first_error, 0.0)
+    coef = upstream * tl.where(correct, tl.cast(w_survive, ACC), tl.cast(w_wrong, ACC) * _math.flawed_grad_scale(log_survival))
+    first_error_grad = tl.where(first_error >= 0, upstream * tl.cast(w_first_error, ACC), 0.0)
     hazard = _math.sigmoid(x)
     index = step - seg_begin
     grad = tl.where(index < first_error, (coef + first_error_grad) * hazard, coef * hazard)
@@ -96,7 +103,7 @@ def _first_error_arg(first_error, logits):
 
 
 def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, block=BLOCK_STEPS):
-    logits, cu_steps, outcome = logits.contiguous(), cu_steps.contiguous(), outcome.contiguous()
+    logits, cu_steps, outcome = logits.contiguous(), cu_steps.contiguous(), byte_flags(outcome.contiguous())
     acc_dtype = accumulate_dtype(logits.dtype)
     num_steps, num_trajectories = logits.numel(), max(cu_steps.numel() - 1, 0)
     # Empty trajectories have no step to write their loss: they are correct ones (validated), loss 0.
@@ -118,15 +125,16 @@ def crm_loss_backward(
     grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong, w_first_error,
     block=BLOCK_STEPS,
 ):  # fmt: skip
-    logits, cu_steps, outcome = logits.contiguous(), cu_steps.contiguous(), outcome.contiguous()
+    logits, cu_steps, outcome = logits.contiguous(), cu_steps.contiguous(), byte_flags(outcome.contiguous())
     num_steps, num_trajectories = logits.numel(), max(cu_steps.numel() - 1, 0)
     grad_logits = torch.zeros_like(logits) if num_trajectories == 0 else torch.empty_like(logits)
     if num_steps == 0 or num_trajectories == 0:
         return grad_logits
     first_error, has_first_error = _first_error_arg(first_error, logits)
+    acc_dtype = accumulate_dtype(logits.dtype)
     _crm_loss_backward_kernel[(triton.cdiv(num_steps, block),)](
         grad_losses.contiguous(), logits, cu_steps, outcome, first_error, log_survival_total.contiguous(), grad_logits,
         w_survive, w_wrong, w_first_error, num_steps, num_trajectories, search_steps(num_trajectories),
-        HAS_FIRST_ERROR=has_first_error, ACC=tl_dtype(accumulate_dtype(logits.dtype)), BLOCK=block,
+        HAS_FIRST_ERROR=has_first_error, ACC=tl_dtype(acc_dtype), BLOCK=block, **launch_options(acc_dtype),
     )  # fmt: skip
     return grad_logits

@@ -9,6 +9,8 @@ from ..reference import accumulate_dtype
 from . import _math
 from ._segments import (
     BLOCK_STEPS,
+    GATHERED,
+    SIZES,
     add_carry,
     chunk_layout,
     launch_scan,
@@ -20,10 +22,10 @@ from ._segments import (
 )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES, do_not_specialize_on_alignment=GATHERED)
 def _log_survival_forward_kernel(
-    logits_ptr, cu_steps_ptr, log_survival_ptr, num_steps, num_trajectories, search_steps,
-    tails_ptr, fresh_ptr, carries_ptr, num_chunks,
+    logits_ptr, cu_steps_ptr, log_survival_ptr, num_steps: tl.int64, num_trajectories: tl.int64, search_steps: tl.int32,
+    tails_ptr, fresh_ptr, carries_ptr, num_chunks: tl.int32,
     ACC: tl.constexpr, BLOCK: tl.constexpr, FINAL: tl.constexpr,
 ):  # fmt: skip
     chunk_start, pos, valid, step, seg, seg_begin, seg_end, first_pos = chunk_layout(
@@ -40,10 +42,11 @@ def _log_survival_forward_kernel(
         store_chunk_freshness(valid, first_pos, chunk_start, fresh_ptr)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES, do_not_specialize_on_alignment=GATHERED)
 def _log_survival_backward_kernel(
-    grad_log_survival_ptr, logits_ptr, cu_steps_ptr, grad_logits_ptr, num_steps, num_trajectories, search_steps,
-    tails_ptr, fresh_ptr, carries_ptr, num_chunks,
+    grad_log_survival_ptr, logits_ptr, cu_steps_ptr, grad_logits_ptr,
+    num_steps: tl.int64, num_trajectories: tl.int64, search_steps: tl.int32,
+    tails_ptr, fresh_ptr, carries_ptr, num_chunks: tl.int32,
     ACC: tl.constexpr, BLOCK: tl.constexpr, FINAL: tl.constexpr,
 ):  # fmt: skip
     chunk_start, pos, valid, step, seg, seg_begin, seg_end, first_pos = chunk_layout(

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._segments import BLOCK_STEPS, CARRY_BLOCK, chunk_layout, last_lane, search_steps, tl_dtype
+from ._segments import BLOCK_STEPS, CARRY_BLOCK, SIZES, launch_options, chunk_layout, last_lane, search_steps, tl_dtype
 
 
 @triton.jit
@@ -21,9 +21,10 @@ def _compose(decay_a, value_a, decay_b, value_b):
     return decay_a * decay_b, decay_b * value_a + value_b
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("num_values", "num_segments", "search_steps"),
+            do_not_specialize_on_alignment=("offsets_ptr", "decay_ptr"))  # fmt: skip
 def _linear_scan_kernel(
-    values_ptr, offsets_ptr, decay_ptr, out_ptr, num_values, num_segments, search_steps,
+    values_ptr, offsets_ptr, decay_ptr, out_ptr, num_values: tl.int64, num_segments: tl.int64, search_steps: tl.int32,
     chunk_decay_ptr, chunk_value_ptr, carries_ptr,
     ACC: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr, FINAL: tl.constexpr,
 ):  # fmt: skip
@@ -42,8 +43,8 @@ def _linear_scan_kernel(
         tl.store(chunk_value_ptr + tl.program_id(0), last_lane(sums, BLOCK))
 
 
-@triton.jit
-def _linear_carries_kernel(chunk_decay_ptr, chunk_value_ptr, carries_ptr, num_chunks, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=SIZES)
+def _linear_carries_kernel(chunk_decay_ptr, chunk_value_ptr, carries_ptr, num_chunks: tl.int32, BLOCK: tl.constexpr):
     """carries[c] = the value leaving chunk c - 1: the chunks' maps composed in order from 0."""
     running = tl.sum(tl.zeros([BLOCK], dtype=chunk_value_ptr.dtype.element_ty), axis=0)
     for first in range(0, num_chunks, BLOCK):
@@ -72,9 +73,10 @@ def segment_linear_scan(values: torch.Tensor, offsets: torch.Tensor, decay: floa
     carries = torch.zeros_like(chunk_decay)
     args = (values, offsets, decay_tensor, out, num_values, num_segments, search_steps(num_segments),
             chunk_decay, chunk_value, carries)  # fmt: skip
-    meta = dict(ACC=tl_dtype(values.dtype), BLOCK=block, REVERSE=reverse)
+    options = launch_options(values.dtype)
+    meta = dict(ACC=tl_dtype(values.dtype), BLOCK=block, REVERSE=reverse, **options)
     if num_chunks > 1:
         _linear_scan_kernel[(num_chunks,)](*args, FINAL=False, **meta)
-        _linear_carries_kernel[(1,)](chunk_decay, chunk_value, carries, num_chunks, BLOCK=carry_block)
+        _linear_carries_kernel[(1,)](chunk_decay, chunk_value, carries, num_chunks, BLOCK=carry_block, **options)
     _linear_scan_kernel[(num_chunks,)](*args, FINAL=True, **meta)
     return out
