@@ -14,7 +14,7 @@ __device__ __forceinline__ int64_t first_error_of(const int64_t* first_error, in
 }
 
 template <bool kFinal, typename scalar_t, typename index_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, int64_t num_trajectories,
                             int64_t num_steps, const bool* correct, const int64_t* first_error, LossWeights weights,
                             acc_t* losses, acc_t* log_survival_total, Running2<acc_t>* summaries,
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename scalar_t, typename index_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     crm_loss_backward_kernel(const acc_t* grad_losses, const scalar_t* logits, const index_t* cu_steps,
                              int64_t num_trajectories, int64_t num_steps, const bool* correct,
                              const int64_t* first_error, const acc_t* log_survival_total, LossWeights weights,

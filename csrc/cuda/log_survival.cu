@@ -7,7 +7,7 @@ namespace crm::cuda {
 namespace {
 
 template <bool kFinal, typename scalar_t, typename index_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     log_survival_forward_kernel(const scalar_t* logits, const index_t* cu_steps, int64_t num_trajectories,
                                 int64_t num_steps, acc_t* log_survival, Running<acc_t>* summaries,
                                 const Running<acc_t>* carries) {
@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <bool kFinal, typename scalar_t, typename index_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     log_survival_backward_kernel(const acc_t* grad_log_survival, const scalar_t* logits, const index_t* cu_steps,
                                  int64_t num_trajectories, int64_t num_steps, scalar_t* grad_logits,
                                  Running<acc_t>* summaries, const Running<acc_t>* carries) {

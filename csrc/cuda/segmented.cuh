@@ -23,6 +23,10 @@
 namespace crm::cuda {
 
 constexpr int kThreads = 256;
+// __launch_bounds__(kThreads, kMinBlocksPerSM): ptxas left to itself picked 32 or 64 registers for
+// occupancy and spilled 4-16 bytes in 11 kernels; asking for two resident blocks (16 warps) per SM
+// lets it use up to 128 and none spills (benchmarks/results/gpu_resources.md).
+constexpr int kMinBlocksPerSM = 2;
 constexpr int kItems = 8;
 constexpr int64_t kChunk = int64_t(kThreads) * kItems;
 
