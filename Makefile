@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench build asan clean
+.PHONY: test bench build asan gpu-check clean
 
 $(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,19 @@ build: $(STAMP)
 # The slow-marked tests (TRL GRPOTrainer end to end, 2-process DDP) run after the rest, one at a
 # time: they start processes and threads of their own.
 test: build
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 	$(PY) -m pytest -q -m slow tests
 
 bench: build
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.rl
+
+# Everything that needs a GPU, for the day one is here (a CUDA GPU, a CUDA build of torch: PyPI's
+# torch==2.13.0 on Linux x86-64 is one, nvcc and compute-sanitizer on PATH): the CUDA build,
+# pytest -m gpu, compute-sanitizer memcheck over the CUDA tests, make bench BENCH_ARGS=--full.
+# One JSON: benchmarks/results/gpu_check_<device>.json.
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check
 
 # The CPU kernels under AddressSanitizer, fed invalid input with validation off (SPEC 5: no
 # out-of-bounds access whatever the input). Builds a sanitized copy in build/asan.
