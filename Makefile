@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test bench build asan gpu-check clean
 
-$(STAMP): requirements-dev.txt
+$(STAMP): requirements-dev.txt requirements-trainers.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-trainers.txt
 	touch $(STAMP)
 
 build: $(STAMP)

@@ -3,8 +3,9 @@
     python python/rl_rewards_demo.py [--crm train_crm_out/model]
 
 Scores sampled trajectories (some with an injected wrong step) with a CRM and shows what each
-adapter hands its trainer: verl's reward tensor and min-form advantages, OpenRLHF's reward dict,
-TRL's reward list, and GRPO advantages over each prompt's group. Without --crm a small CRM is
+adapter hands its trainer: per-token step rewards on the policy's tokens (OpenRLHF's process
+reward) and their min-form returns, OpenRLHF's reward dict, TRL's reward list, and GRPO advantages
+over each prompt's group. (verl 0.9.1 takes one number per response, the TRL one.) Without --crm a small CRM is
 trained first (about 10 s on a CPU).
 """
 
@@ -21,19 +22,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 from crm_kernels import rl  # noqa: E402
+from crm_kernels.integrations import token_rewards  # noqa: E402
 from crm_kernels.integrations.openrlhf import make_reward_func  # noqa: E402
 from crm_kernels.integrations.trl import make_grpo_reward_func  # noqa: E402
-from crm_kernels.integrations.verl import CRMRewardManager, min_form_advantage  # noqa: E402
 
 import grpo_crm  # noqa: E402
 import synthetic_arithmetic as synthetic  # noqa: E402
-
-
-class DataProto:
-    """The two fields of verl's DataProto a reward manager reads."""
-
-    def __init__(self, batch, non_tensor_batch):
-        self.batch, self.non_tensor_batch = batch, non_tensor_batch
 
 
 def main(argv=None) -> dict:
@@ -53,18 +47,14 @@ def main(argv=None) -> dict:
     prompts = [s.example.prompt for s in samples]
     responses = [" ".join(s.example.steps) for s in samples]
 
-    # verl: left-padded prompts, right-padded responses, one attention mask.
-    encode = lambda text: torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    pad = lambda rows, side: torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_side=side,  # noqa: E731
-                                                             padding_value=tokenizer.pad_token_id)
-    prompt_rows, response_rows = [encode(p) for p in prompts], [encode(r) for r in responses]
-    batch = {"prompts": pad(prompt_rows, "left"), "responses": pad(response_rows, "right"),
-             "attention_mask": torch.cat([pad([torch.ones_like(r) for r in prompt_rows], "left").bool(),
-                                          pad([torch.ones_like(r) for r in response_rows], "right").bool()], 1)}  # fmt: skip
-    manager = CRMRewardManager(tokenizer, 0, scorer=scorer)
-    result = manager(DataProto(batch, {}), return_dict=True)
-    response_mask = batch["attention_mask"][:, batch["prompts"].shape[1]:]
-    advantages, _ = min_form_advantage(result["reward_tensor"], response_mask)
+    # Responses as the policy's right-padded token ids: r_t on the token that ends each step.
+    rows = [torch.tensor(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    response_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
+    response_mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True).bool()
+    scored, step_token_index = scorer.score_tokens(prompts, response_ids, response_mask, tokenizer)
+    per_token = token_rewards(scored, step_token_index, response_ids.shape[1])
+    step_returns = rl.min_form(scored.step_rewards, scored.cu_steps)
+    advantages = rl.to_token_spans(step_returns, scored.cu_steps, step_token_index, response_ids.shape[1]) * response_mask
     openrlhf = make_reward_func(scorer)([p + " " + r for p, r in zip(prompts, responses)], [p + " " for p in prompts])
     trl = make_grpo_reward_func(scorer)(prompts=prompts, completions=responses)
     cu_groups = torch.arange(0, len(samples) + 1, args.samples)
@@ -74,11 +64,11 @@ def main(argv=None) -> dict:
     for row, sample in enumerate(samples):
         wrong = "all steps right" if sample.first_error < 0 else f"first wrong step {sample.first_error}"
         print(f"{prompts[row]!r} -> {responses[row]!r} ({wrong})")
-        print(f"    verl reward_tensor: {result['reward_tensor'][row][response_mask[row]]}")
+        print(f"    per-token step rewards: {per_token[row][response_mask[row]]}")
         print(f"    min-form advantages: {advantages[row][response_mask[row]]}")
         print(f"    OpenRLHF reward {float(openrlhf['rewards'][row]):.3f}, score S(T) {float(openrlhf['scores'][row]):.3f}; "
               f"TRL reward {trl[row]:.3f}; GRPO advantage {float(grpo[row]):+.2f}")  # fmt: skip
-    return {"reward_tensor": result["reward_tensor"], "min_form": advantages, "trl": trl, "grpo": grpo,
+    return {"token_rewards": per_token, "min_form": advantages, "trl": trl, "grpo": grpo,
             "steps": [s.example.steps for s in samples], "first_error": [s.first_error for s in samples]}  # fmt: skip
 
 

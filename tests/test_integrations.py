@@ -1,15 +1,10 @@
-"""Trainer adapters: the shared CRMScorer, verl (reward manager, min-form estimator, registration),
-OpenRLHF (reward_func, per-token reward) and TRL (reward_funcs), against manual computations.
+"""Trainer adapters: the shared CRMScorer, OpenRLHF (reward_func, per-token reward) and TRL
+(reward_funcs), against manual computations. verl's adapter is tested inside verl itself
+(tests/test_verl.py).
 
-verl and OpenRLHF are not installed: their call shapes are reproduced by stand-ins that follow
-their documented signatures (verl's DataProto fields and registries, OpenRLHF's reward_func and
-compute_reward). A byte-level BPE tokenizer trained here splits "\\n\\n" in different ways, as
-real ones do.
+STAND-IN: OpenRLHF's call shapes are still reproduced here from its documented signatures
+(reward_func, compute_reward), not run through the installed openrlhf package (issue 12, open).
 """
-
-import importlib
-import sys
-import types
 
 import pytest
 import torch
@@ -22,22 +17,7 @@ from crm_kernels.integrations import CRMScorer, split_steps, step_end_mask, toke
 from crm_kernels.integrations.openrlhf import compute_process_reward, make_reward_func  # noqa: E402
 from crm_kernels.integrations.trl import make_grpo_reward_func  # noqa: E402
 
-SEP, TAG = "\n\n", "<step>"
-WORDS = ["Add 3 and 4.", "Then subtract 2", "so x = 5", "The answer is 5.", "check: 5 - 2 = 3", "ok"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<eos>", TAG],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    backend.train_from_iterator([SEP.join(WORDS) + SEP + " ".join(WORDS)] * 20, trainer)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                                additional_special_tokens=[TAG])  # fmt: skip
+from adapter_fixtures import SEP, TAG, WORDS, random_trajectories, scorer, tokenizer  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -46,29 +26,6 @@ def word_tokenizer():
     import synthetic_arithmetic
 
     return synthetic_arithmetic.build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def scorer(tokenizer):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=256)  # fmt: skip
-    model = ConditionalRewardModel(transformers.LlamaModel(config).eval(), tokenizer.convert_tokens_to_ids(TAG))
-    torch.nn.init.normal_(model.value_head.weight, std=1.0)  # hazards spread over (0, 1)
-    return CRMScorer(model.eval(), tokenizer, TAG, SEP, batch_size=3)
-
-
-def random_trajectories(seed, count=7):
-    """Prompts and step lists: one without steps, one with a single step, the rest 2-6 steps."""
-    generator = torch.Generator().manual_seed(seed)
-    prompts, steps = [], []
-    for index in range(count):
-        n = 0 if index == 0 else 1 if index == 1 else int(torch.randint(2, 7, (1,), generator=generator))
-        picks = torch.randint(len(WORDS), (n + 1,), generator=generator).tolist()
-        prompts.append(f"Question {index}: {WORDS[picks[0]]}")
-        steps.append([WORDS[p] for p in picks[1:]])
-    return prompts, steps
 
 
 def manual_scores(scorer, prompts, steps):
@@ -221,158 +178,6 @@ def test_score_tokens_places_rewards_on_step_ends(scorer, tokenizer):
 
 
 # ---------------------------------------------------------------------------------------------
-# verl, through stand-ins for DataProto and the two registries
-
-
-class DataProto:
-    """verl's DataProto as reward managers read it: tensors in .batch, the rest in .non_tensor_batch."""
-
-    def __init__(self, batch, non_tensor_batch):
-        self.batch, self.non_tensor_batch = batch, non_tensor_batch
-
-    def __len__(self):
-        return self.batch["responses"].shape[0]
-
-
-def verl_batch(tokenizer, prompts, steps):
-    """Prompts left-padded, responses right-padded, one attention mask over both (verl's layout)."""
-    rows = [torch.tensor(tokenizer(p, add_special_tokens=False)["input_ids"], dtype=torch.long) for p in prompts]
-    prompt_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id,
-                                                 padding_side="left")  # fmt: skip
-    prompt_mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True,
-                                                  padding_side="left")  # fmt: skip
-    texts, response_ids, response_mask = responses_as_policy_tokens(tokenizer, steps, [SEP] * len(steps))
-    batch = {"prompts": prompt_ids, "responses": response_ids,
-             "attention_mask": torch.cat([prompt_mask, response_mask], 1)}  # fmt: skip
-    non_tensor = {"data_source": ["toy"] * len(prompts),
-                  "reward_model": [{"ground_truth": "5"} for _ in prompts]}  # fmt: skip
-    return DataProto(batch, non_tensor), texts, response_mask
-
-
-def test_verl_reward_manager(scorer, tokenizer):
-    from crm_kernels.integrations.verl import CRMRewardManager
-
-    prompts, steps = random_trajectories(5)
-    data, texts, response_mask = verl_batch(tokenizer, prompts, steps)
-    calls = []
-
-    def compute_score(data_source, solution_str, ground_truth, extra_info=None):
-        calls.append((data_source, solution_str, ground_truth))
-        return {"score": float(ground_truth in solution_str)}
-
-    manager = CRMRewardManager(tokenizer, 0, compute_score, "data_source", scorer=scorer, outcome_weight=2.0)
-    result = manager(data, return_dict=True)
-    reward_tensor, extra = result["reward_tensor"], result["reward_extra_info"]
-    assert reward_tensor.shape == data.batch["responses"].shape
-    expected = scorer.score_steps(prompts, steps)
-    outcome = torch.tensor([float("5" in t) for t in texts])
-    torch.testing.assert_close(reward_tensor.sum(1), expected.log_survival + 2.0 * outcome, rtol=1e-5, atol=1e-6)
-    assert [c[1] for c in calls] == texts and extra["outcome_score"] == outcome.tolist()
-    assert extra["crm_num_steps"] == [len(s) for s in steps] and len(extra["crm_log_survival"]) == len(steps)
-    assert not reward_tensor[~response_mask.bool()].any()  # nothing on padding
-    assert not reward_tensor[0].any()  # the empty response
-    torch.testing.assert_close(manager(data), reward_tensor)  # return_dict=False: the tensor alone
-
-
-def test_verl_reward_manager_arguments(scorer, tokenizer):
-    from crm_kernels.integrations.verl import CRMRewardManager
-
-    with pytest.raises(ValueError, match="exactly one"):
-        CRMRewardManager(tokenizer, 0)
-    with pytest.raises(TypeError, match="unknown reward_kwargs"):
-        CRMRewardManager(tokenizer, 0, scorer=scorer, crm_pth="x")
-
-
-def loop_min_form(token_level_rewards, response_mask, temperature=None):
-    """PURE min-form per row with Python loops: steps are the nonzero rewards."""
-    returns = torch.zeros_like(token_level_rewards)
-    for row in range(token_level_rewards.shape[0]):
-        ends = [t for t in range(token_level_rewards.shape[1])
-                if response_mask[row, t] and token_level_rewards[row, t] != 0]  # fmt: skip
-        values = [float(token_level_rewards[row, t]) for t in ends]
-        if temperature is not None and values:
-            weights = torch.softmax(-torch.tensor(values, dtype=torch.float64) / temperature, 0).tolist()
-            values = [w * v for w, v in zip(weights, values)]
-        start = 0
-        for k, end in enumerate(ends):
-            rest = values[k:]
-            step_return = min(rest) if temperature is None else sum(rest)
-            for t in range(start, end + 1):
-                returns[row, t] = step_return if response_mask[row, t] else 0.0
-            start = end + 1
-    return returns
-
-
-@pytest.mark.parametrize("temperature", [None, 0.5])
-def test_verl_min_form_estimator(temperature):
-    from crm_kernels.integrations.verl import min_form_advantage
-
-    generator = torch.Generator().manual_seed(7)
-    rewards = -torch.rand(6, 30, generator=generator).double()
-    rewards[torch.rand(6, 30, generator=generator) < 0.75] = 0.0  # step ends are sparse
-    mask = (torch.arange(30) < torch.tensor([0, 1, 30, 12, 25, 7])[:, None]).long()
-    rewards[1] = 0.0  # a response whose one token carries no step
-    config = {} if temperature is None else {"crm_temperature": temperature}
-    advantages, returns = min_form_advantage(rewards * mask, mask, index=None, config=config)
-    expected = loop_min_form(rewards * mask, mask, temperature)
-    torch.testing.assert_close(returns, expected)
-    torch.testing.assert_close(advantages, returns)
-
-
-@pytest.fixture
-def fake_verl(monkeypatch):
-    """verl's two registries as its modules define them (register / register_adv_est)."""
-    # Imported before verl "exists", so that the test's reload is the only registration (a first
-    # import there followed by the reload would register two different class objects).
-    importlib.import_module("crm_kernels.integrations.verl")
-    reward_managers, estimators = {}, {}
-
-    def registering_into(registry):
-        """verl's decorator factories: a second, different entry under one name is an error."""
-
-        def register(name):
-            def decorator(entry):
-                if name in registry and registry[name] != entry:
-                    raise ValueError(f"{name} has already been registered")
-                registry[name] = entry
-                return entry
-
-            return decorator
-
-        return register
-
-    register, register_adv_est = registering_into(reward_managers), registering_into(estimators)
-
-    modules = {
-        "verl": {}, "verl.trainer": {}, "verl.trainer.ppo": {}, "verl.workers": {},
-        "verl.trainer.ppo.core_algos": {"ADV_ESTIMATOR_REGISTRY": estimators, "register_adv_est": register_adv_est},
-        "verl.workers.reward_manager": {"register": register},
-        "verl.workers.reward_manager.registry": {"REWARD_MANAGER_REGISTRY": reward_managers},
-    }  # fmt: skip
-    for name, attributes in modules.items():
-        module = types.ModuleType(name)
-        module.__dict__.update(attributes)
-        monkeypatch.setitem(sys.modules, name, module)
-    yield reward_managers, estimators
-    monkeypatch.undo()
-    importlib.reload(importlib.import_module("crm_kernels.integrations.verl"))
-
-
-def test_verl_registration_on_import(fake_verl, scorer, tokenizer):
-    reward_managers, estimators = fake_verl
-    module = importlib.reload(importlib.import_module("crm_kernels.integrations.verl"))
-    assert reward_managers["crm"] is module.CRMRewardManager
-    assert estimators["crm_min_form"] is module.min_form_advantage
-    assert module.register()  # importing twice (each verl worker does) is not a conflict
-    # verl's own call of a registered estimator (ray_trainer.compute_advantage).
-    prompts, steps = random_trajectories(6)
-    data, _, response_mask = verl_batch(tokenizer, prompts, steps)
-    rewards = reward_managers["crm"](tokenizer, 0, None, "data_source", scorer=scorer)(data)
-    advantages, returns = estimators["crm_min_form"](token_level_rewards=rewards, response_mask=response_mask,
-                                                     config={}, index=["uid"] * len(prompts))  # fmt: skip
-    torch.testing.assert_close(returns, loop_min_form(rewards, response_mask))
-
-
 # ---------------------------------------------------------------------------------------------
 # OpenRLHF and TRL
 
@@ -450,13 +255,13 @@ def test_to_token_spans_against_loop():
 
 
 def test_rl_rewards_demo_adapters_agree():
-    """python/rl_rewards_demo.py on the word-level task: verl's token rewards, read back per row,
-    are the log S(T) that TRL's and OpenRLHF's reward functions return for the same texts."""
+    """python/rl_rewards_demo.py on the word-level task: the per-token step rewards, read back per
+    row, are the log S(T) that TRL's and OpenRLHF's reward functions return for the same texts."""
     import rl_rewards_demo
 
     out = rl_rewards_demo.main(["--crm-steps", "20", "--problems", "3", "--samples", "3"])
-    torch.testing.assert_close(out["reward_tensor"].sum(1), torch.tensor(out["trl"]), rtol=1e-5, atol=1e-5)
-    assert (out["reward_tensor"] != 0).sum(1).tolist() == [len(s) for s in out["steps"]]
+    torch.testing.assert_close(out["token_rewards"].sum(1), torch.tensor(out["trl"]), rtol=1e-5, atol=1e-5)
+    assert (out["token_rewards"] != 0).sum(1).tolist() == [len(s) for s in out["steps"]]
 
 
 def test_scorer_from_pretrained_and_openrlhf_reward_file(scorer, tokenizer, tmp_path, monkeypatch):

@@ -1,151 +1,140 @@
-"""verl: a reward manager that puts CRM step rewards on the response tokens, and a min-form
-advantage estimator.
+"""verl (0.9.1): a reward manager for verl's reward loop that scores each response with a CRM.
 
-verl imports this module in each of its processes when told to:
+How verl 0.9.1 computes rewards (`verl/experimental/reward_loop`, `verl/trainer/ppo/reward.py`):
+each reward-loop worker builds its manager with `load_reward_manager(config, tokenizer, ...)`,
+that is `cls(config=, tokenizer=, compute_score=, reward_router_address=, reward_model_tokenizer=)`,
+and awaits `run_single(data[i:i + 1])` for every response, which returns
+`{"reward_score": float, "reward_extra_info": dict}`. verl writes each response's score at its last
+token: the agent loop does it itself, the colocated path through `assemble_rm_scores`. One number
+per response is all a reward manager hands verl, so this one hands:
 
-    export VERL_USE_EXTERNAL_MODULES=crm_kernels.integrations.verl
+- `score="log_survival"` (default): log S(T), the sum of the step rewards r_t = log(1 - h_t), which
+  is what verl's outcome estimators (GRPO, RLOO, REINFORCE++) sum over a response anyway;
+- `score="min"`: the lowest step reward min_t r_t, PURE's min-form return of the first token;
+
+plus `outcome_weight` times verl's rule-based score (`compute_score`: the data source's default,
+or `reward.custom_reward_function`), and `empty_score` for a response without any step text.
+verl 0.9.1 gives advantage estimators only `token_level_rewards`, where this single number (and,
+with `algorithm.use_kl_in_reward`, a KL term on every token) is all there is: per-step placement
+and a step-level min-form estimator cannot be built on it, so neither is offered.
+
+Select it in the keys `verl.trainer.main_ppo` reads (README "In a trainer"; tests/test_verl.py
+composes verl's own config with exactly these overrides):
+
     python -m verl.trainer.main_ppo ... \\
-        reward_model.reward_manager=crm \\
-        +reward_model.reward_kwargs.crm_path=/path/to/crm \\
-        algorithm.adv_estimator=grpo            # or crm_min_form
+        reward.reward_manager.source=importlib \\
+        reward.reward_manager.module.path=pkg://crm_kernels.integrations.verl \\
+        reward.reward_manager.name=CRMRewardManager \\
+        +reward.reward_kwargs.crm_path=/path/to/crm
 
-Importing it registers `CRMRewardManager` as reward manager "crm" and `min_form_advantage` as
-advantage estimator "crm_min_form" when verl is installed; without verl it only defines them.
-
-The reward manager's `reward_tensor` [B, L_resp] holds r_t = log(1 - h_t) at each step's last
-token (SPEC 6), so verl's outcome estimators (GRPO, RLOO, REINFORCE++), which sum a row, train on
-log S(T), and token-level estimators see the per-step credit. A verifier score (verl's
-`compute_score`) can be added at the last token as in verl's naive manager.
+`reward.reward_kwargs`: crm_path (a folder saved by `ConditionalRewardModel.save_pretrained` with
+its tokenizer), step_separator ("\\n\\n"), score, outcome_weight (1.0), empty_score, device,
+batch_size. Importing this module with verl installed also registers the class as "crm" in
+verl's reward-manager registry (`reward.reward_manager.name=crm` with
+`VERL_USE_EXTERNAL_MODULES=crm_kernels.integrations.verl`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from typing import Any
 
-import torch
-from torch import Tensor
-
-from .. import rl
-from .scorer import CRMScorer, token_rewards
+from .scorer import CRMScorer
 
 REWARD_MANAGER_NAME = "crm"
-ADVANTAGE_ESTIMATOR_NAME = "crm_min_form"
+SCORES = ("log_survival", "min")
+REWARD_KWARGS = ("crm_path", "step_separator", "score", "outcome_weight", "empty_score", "device", "batch_size")
+
+try:  # verl is optional: without it the class is defined on `object` and nothing is registered.
+    from verl.experimental.reward_loop.reward_manager import register as _register
+    from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase as _Base
+except ImportError:
+    _register, _Base = None, object
 
 
-class CRMRewardManager:
-    """verl reward manager (`verl.workers.reward_manager`'s constructor and call shapes).
+class CRMRewardManager(_Base):
+    """verl 0.9.1 reward manager (see the module docstring): log S(T) (or the min step reward) of
+    each response under a CRM, plus a weighted verifier score.
 
-    Args (verl passes the first four; the rest come from `reward_model.reward_kwargs`):
-        tokenizer: the policy's tokenizer.
-        num_examine: how many decoded responses to print per batch.
-        compute_score: verl's rule-based scorer, or None for CRM rewards alone.
-        reward_fn_key: the non-tensor field naming each sample's data source.
-        crm_path: a directory saved by `ConditionalRewardModel.save_pretrained` (with tokenizer).
-        scorer: a ready `CRMScorer` instead of crm_path.
-        step_separator: what ends a step in the response text.
-        outcome_weight: weight of compute_score's score, added at the last response token.
-        device, batch_size: where and how many at a time the CRM runs.
+    verl constructs it; `scorer` lets a caller pass a ready `CRMScorer` instead of
+    `reward.reward_kwargs.crm_path`.
     """
 
-    def __init__(self, tokenizer, num_examine: int = 0, compute_score=None, reward_fn_key: str = "data_source", *,
-                 crm_path: str | None = None, scorer: CRMScorer | None = None, step_separator: str = "\n\n",
-                 outcome_weight: float = 1.0, device=None, batch_size: int = 32, **kwargs):  # fmt: skip
-        if kwargs:
-            raise TypeError(f"CRMRewardManager got unknown reward_kwargs {sorted(kwargs)}")
-        if (crm_path is None) == (scorer is None):
-            raise ValueError("CRMRewardManager needs exactly one of crm_path (reward_kwargs.crm_path) or scorer")
-        if scorer is None:
-            scorer = CRMScorer.from_pretrained(crm_path, step_separator, batch_size, device)
-        self.tokenizer = tokenizer
-        self.num_examine = num_examine
-        self.compute_score = compute_score
-        self.reward_fn_key = reward_fn_key
-        self.scorer = scorer
-        self.outcome_weight = float(outcome_weight)
+    def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None,
+                 *, scorer: CRMScorer | None = None):  # fmt: skip
+        options = _reward_kwargs(config)
+        if (options.get("crm_path") is None) == (scorer is None):
+            raise ValueError("CRMRewardManager needs reward.reward_kwargs.crm_path (or a scorer), and not both")
+        score = options.get("score", "log_survival")
+        if score not in SCORES:
+            raise ValueError(f"reward.reward_kwargs.score must be one of {SCORES}, got {score!r}")
+        if _Base is not object:
+            super().__init__(config, tokenizer, compute_score)
+        self.tokenizer, self.compute_score = tokenizer, compute_score
+        self.score_kind = score
+        self.outcome_weight = float(options.get("outcome_weight", 1.0))
+        self.empty_score = options.get("empty_score")
+        self.scorer = scorer or CRMScorer.from_pretrained(options["crm_path"], options.get("step_separator", "\n\n"),
+                                                          int(options.get("batch_size", 32)), options.get("device"))  # fmt: skip
 
-    def __call__(self, data, return_dict: bool = False):
-        """data: verl's DataProto with batch "prompts" [B, Lp] (left-padded), "responses"
-        [B, L] (right-padded) and "attention_mask" [B, Lp + L]."""
-        prompt_ids, response_ids = data.batch["prompts"], data.batch["responses"]
-        prompt_length = prompt_ids.shape[1]
-        attention_mask = data.batch["attention_mask"]
-        prompt_mask, response_mask = attention_mask[:, :prompt_length], attention_mask[:, prompt_length:]
-        prompts = self.tokenizer.batch_decode([ids[mask.bool()] for ids, mask in zip(prompt_ids, prompt_mask)],
-                                              skip_special_tokens=True)  # fmt: skip
-        scored, step_token_index = self.scorer.score_tokens(prompts, response_ids, response_mask, self.tokenizer)
-        reward_tensor = token_rewards(scored, step_token_index, response_ids.shape[1]).to(response_ids.device)
-        extra = defaultdict(list)
-        extra["crm_log_survival"] = scored.log_survival.tolist()
-        extra["crm_num_steps"] = scored.num_steps.tolist()
-        if self.compute_score is not None:
-            self._add_outcome_scores(data, prompts, response_ids, response_mask, reward_tensor, extra)
-        for row in range(min(self.num_examine, len(prompts))):
-            print(f"[crm] {prompts[row]!r}: {extra['crm_num_steps'][row]} steps, log S(T) = "
-                  f"{extra['crm_log_survival'][row]:.4f}")  # fmt: skip
-        if return_dict:
-            return {"reward_tensor": reward_tensor, "reward_extra_info": dict(extra)}
-        return reward_tensor
+    async def run_single(self, data) -> dict:
+        """One response (verl passes `data[i:i + 1]`; for multi-turn data the last sequence counts,
+        as in verl's naive manager) -> {"reward_score", "reward_extra_info"}."""
+        item = data[-1:][0]
+        prompt, response = self._texts(item)
+        scored = await self.loop.run_in_executor(None, lambda: self.scorer.score_responses([prompt], [response]))
+        num_steps = int(scored.num_steps[0])
+        log_survival = float(scored.log_survival[0])
+        min_reward = float(scored.step_rewards.min()) if num_steps else 0.0
+        reward = log_survival if self.score_kind == "log_survival" else min_reward
+        if num_steps == 0 and self.empty_score is not None:
+            reward = float(self.empty_score)
+        extra = {"crm_log_survival": log_survival, "crm_num_steps": num_steps, "crm_min_step_reward": min_reward}
+        if self.outcome_weight and self.compute_score is not None:
+            outcome = await self._outcome_score(item, response)
+            reward += self.outcome_weight * outcome
+            extra["outcome_score"] = outcome
+        return {"reward_score": reward, "reward_extra_info": extra}
 
-    def _add_outcome_scores(self, data, prompts, response_ids, response_mask, reward_tensor, extra) -> None:
-        """verl's naive manager, vectorized where it can be: compute_score per sample (it parses
-        text), added at each response's last token."""
-        lengths = response_mask.sum(1)
-        responses = self.tokenizer.batch_decode([ids[:n] for ids, n in zip(response_ids, lengths.tolist())],
-                                                skip_special_tokens=True)  # fmt: skip
-        non_tensor = data.non_tensor_batch
-        outcome = []
-        for row, response in enumerate(responses):
-            result = self.compute_score(
-                data_source=non_tensor[self.reward_fn_key][row],
-                solution_str=response,
-                ground_truth=non_tensor["reward_model"][row]["ground_truth"],
-                extra_info=non_tensor.get("extra_info", [None] * len(responses))[row],
-            )
-            outcome.append(float(result["score"] if isinstance(result, dict) else result))
-        rows = torch.nonzero(lengths > 0).squeeze(1)
-        bonus = self.outcome_weight * torch.tensor(outcome, dtype=reward_tensor.dtype, device=reward_tensor.device)
-        reward_tensor[rows, lengths[rows] - 1] += bonus[rows]
-        extra["outcome_score"] = outcome
+    def _texts(self, item) -> tuple[str, str]:
+        """The prompt's and the response's text without padding (verl's layout: prompts left-padded,
+        responses right-padded, one attention mask over both), special tokens dropped as in verl's
+        naive manager, so an EOS never becomes part of the last step."""
+        prompt_ids, response_ids = item.batch["prompts"], item.batch["responses"]
+        attention_mask = item.batch["attention_mask"].bool()
+        prompt_mask, response_mask = attention_mask[: prompt_ids.shape[-1]], attention_mask[prompt_ids.shape[-1] :]
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        return decode(prompt_ids[prompt_mask]), decode(response_ids[response_mask])
+
+    async def _outcome_score(self, item, response: str) -> float:
+        non_tensor = item.non_tensor_batch
+        kwargs = dict(data_source=non_tensor["data_source"], solution_str=response,
+                      ground_truth=non_tensor["reward_model"]["ground_truth"], extra_info=non_tensor.get("extra_info", {}))  # fmt: skip
+        result = self.compute_score(**kwargs)
+        if hasattr(result, "__await__"):
+            result = await result
+        return float(result["score"] if isinstance(result, dict) else result)
 
 
-def min_form_advantage(token_level_rewards: Tensor, response_mask: Tensor, index=None, config=None,
-                       **kwargs) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """verl advantage estimator: PURE's min-form credit assignment on CRM step rewards.
-
-    The steps are the nonzero entries of token_level_rewards within response_mask (where
-    `CRMRewardManager` put them). Each token's return is the minimum of the rewards of its step and
-    every later one (`crm_kernels.rl.min_form`), or the soft form when `config.crm_temperature` is
-    set; advantages = returns. A step whose reward is exactly 0 (h underflowed to 0) is not seen;
-    the strict minimum is unchanged by that, since every reward is <= 0.
-    """
-    temperature = None if config is None else _config_get(config, "crm_temperature", None)
-    mask = response_mask.bool()
-    step_ends = (token_level_rewards != 0) & mask
-    rewards, cu_steps = rl.packed_from_padded(token_level_rewards, step_ends)
-    step_returns = rl.min_form(rewards, cu_steps, temperature, validate=False)
-    step_token_index = step_ends.nonzero()[:, 1]
-    returns = rl.to_token_spans(step_returns, cu_steps, step_token_index, mask.shape[1], validate=False) * mask
-    return returns, returns
-
-
-def _config_get(config, key: str, default):
-    getter = getattr(config, "get", None)
-    return getter(key, default) if callable(getter) else getattr(config, key, default)
+def _reward_kwargs(config) -> dict[str, Any]:
+    """`config.reward.reward_kwargs` as a dict (absent: empty); unknown keys are an error, so a
+    typo does not silently fall back to a default."""
+    reward = config.get("reward", {}) if hasattr(config, "get") else {}
+    options = dict(reward.get("reward_kwargs", None) or {})
+    unknown = sorted(set(options) - set(REWARD_KWARGS))
+    if unknown:
+        raise ValueError(f"unknown reward.reward_kwargs {unknown}; CRMRewardManager takes {list(REWARD_KWARGS)}")
+    return options
 
 
 def register() -> bool:
-    """Registers the reward manager and the estimator with verl; False when verl is absent."""
-    try:
-        from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
-        from verl.workers.reward_manager import register as register_reward_manager
-        from verl.workers.reward_manager.registry import REWARD_MANAGER_REGISTRY
-    except ImportError:
+    """Registers CRMRewardManager as "crm" with verl's reward loop; False when verl is absent."""
+    if _register is None:
         return False
+    from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
+
     # verl refuses a second, different registration under one name; a re-import is not one.
-    if REWARD_MANAGER_REGISTRY.get(REWARD_MANAGER_NAME) is not CRMRewardManager:
-        register_reward_manager(REWARD_MANAGER_NAME)(CRMRewardManager)
-    if ADV_ESTIMATOR_REGISTRY.get(ADVANTAGE_ESTIMATOR_NAME) is not min_form_advantage:
-        register_adv_est(ADVANTAGE_ESTIMATOR_NAME)(min_form_advantage)
+    if REWARD_MANAGER.get(REWARD_MANAGER_NAME) is not CRMRewardManager:
+        _register(REWARD_MANAGER_NAME)(CRMRewardManager)
     return True
 
 
