@@ -1,9 +1,7 @@
-"""Trainer adapters: the shared CRMScorer, OpenRLHF (reward_func, per-token reward) and TRL
-(reward_funcs), against manual computations. verl's adapter is tested inside verl itself
-(tests/test_verl.py).
-
-STAND-IN: OpenRLHF's call shapes are still reproduced here from its documented signatures
-(reward_func, compute_reward), not run through the installed openrlhf package (issue 12, open).
+"""Trainer adapters: the shared CRMScorer, the adapters' own rules (OpenRLHF's reward_func and
+per-token reward: bad input, clipping; TRL's reward_funcs), against manual computations. The
+adapters inside the trainers themselves: tests/test_verl.py and tests/test_openrlhf.py (the
+installed verl and OpenRLHF); TRL's GRPOTrainer: tests/test_grpo_crm.py.
 """
 
 import pytest
@@ -196,6 +194,12 @@ def test_openrlhf_reward_func(scorer):
         reward_func(queries=["other text"], prompts=["prompt"], labels=None)
     with pytest.raises(ValueError, match="score must be"):
         make_reward_func(scorer, "median")
+    with pytest.raises(TypeError, match="special_tokens"):
+        make_reward_func(scorer, special_tokens="<eos>")
+    # Special-token texts (OpenRLHF decodes queries with them) are dropped from the responses.
+    with_eos = make_reward_func(scorer, special_tokens=["<eos>", "<pad>"])(
+        queries=[q + "<eos><pad>" for q in queries], prompts=prompts)  # fmt: skip
+    torch.testing.assert_close(with_eos["rewards"], expected.log_survival)
 
 
 def test_openrlhf_process_reward():
