@@ -12,8 +12,8 @@ SEP, TAG = "\n\n", "<step>"
 WORDS = ["Add 3 and 4.", "Then subtract 2", "so x = 5", "The answer is 5.", "check: 5 - 2 = 3", "ok"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
+def build_tokenizer():
+    """A byte-level BPE tokenizer (any text encodes) with pad, eos and the step tag."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
@@ -24,6 +24,11 @@ def tokenizer():
     backend.train_from_iterator([SEP.join(WORDS) + SEP + " ".join(WORDS)] * 20, trainer)
     return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
                                                 additional_special_tokens=[TAG])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")
