@@ -48,7 +48,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-completion-length", type=int, default=6)
     parser.add_argument("--lr", type=float, default=2e-2)
     parser.add_argument("--crm-score", default="log_survival", help="the CRM reward: log_survival, survival, min...")
-    parser.add_argument("--crm-weight", type=float, default=1.0, help="weight of the CRM reward (verifier: 1)")
+    parser.add_argument("--crm-weight", type=float, default=1.0, help="weight of the CRM reward")
+    parser.add_argument("--verifier-weight", type=float, default=1.0, help="weight of the outcome verifier's reward")
     parser.add_argument("--empty-score", type=float, default=-50.0,
                         help="CRM reward of a completion with no step (else it would score log S = 0, the best)")
     parser.add_argument("--seed", type=int, default=0)
@@ -91,6 +92,25 @@ def answer_correct(prompts, completions, answer, **kwargs) -> list[float]:
     return rewards
 
 
+def final_samples(policy, tokenizer, scorer, rng, args, count: int = 4) -> list[dict]:
+    """What the trained policy writes for new questions (greedy), with the CRM's S(T) and the
+    verifier's verdict: where they disagree, the policy has found steps the CRM trusts wrongly."""
+    problems = [synthetic.make_problem(rng) for _ in range(count)]
+    samples = []
+    policy.eval()
+    for problem in problems:
+        ids = tokenizer(problem.question, return_tensors="pt")
+        with torch.no_grad():
+            out = policy.generate(**ids, max_new_tokens=args.max_completion_length, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        completion = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        scored = scorer.score_responses([problem.question], [completion])
+        samples.append({"question": problem.question, "completion": completion, "answer": problem.answer,
+                        "verifier": answer_correct([problem.question], [completion], [problem.answer])[0],
+                        "crm_survival": float(scored.log_survival.exp()[0])})  # fmt: skip
+    return samples
+
+
 def main(argv=None) -> dict:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -108,7 +128,7 @@ def main(argv=None) -> dict:
         output_dir=args.out, max_steps=args.steps, learning_rate=args.lr, seed=args.seed,
         per_device_train_batch_size=args.prompts_per_step * args.num_generations,
         num_generations=args.num_generations, max_completion_length=args.max_completion_length,
-        reward_weights=[args.crm_weight, 1.0], logging_steps=1, report_to="none", save_strategy="no",
+        reward_weights=[args.crm_weight, args.verifier_weight], logging_steps=1, report_to="none", save_strategy="no",
         use_cpu=True, bf16=False, disable_tqdm=args.no_progress,
     )  # fmt: skip
     trainer = GRPOTrainer(model=tiny_policy(tokenizer, args.seed), processing_class=tokenizer, args=config,
@@ -129,6 +149,7 @@ def main(argv=None) -> dict:
         if history and key in history[0]:
             report[f"{name}_first_quarter"] = mean(key, history[:quarter])
             report[f"{name}_last_quarter"] = mean(key, history[-quarter:])
+    report["samples"] = final_samples(trainer.model, tokenizer, scorer, rng, args)
     print(f"CRM ready in {crm_seconds:.1f} s; GRPO {report['steps']} steps in {report['grpo_seconds']:.1f} s")
     for name in ("crm_reward", "crm_survival", "steps_written", "accuracy"):
         if f"{name}_first_quarter" in report:

@@ -52,3 +52,13 @@ def random_trajectories(seed, count=7):
         prompts.append(f"Question {index}: {WORDS[picks[0]]}")
         steps.append([WORDS[p] for p in picks[1:]])
     return prompts, steps
+
+
+@pytest.fixture(scope="module")
+def crm_folder(scorer, tokenizer, tmp_path_factory):
+    """The CRM saved as users save one, with its tokenizer (the trainers' tests load it by path;
+    its tokenizer also serves as their policy's)."""
+    folder = tmp_path_factory.mktemp("crm")
+    scorer.model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder

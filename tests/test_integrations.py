@@ -73,6 +73,12 @@ def test_score_steps_matches_one_at_a_time(scorer, seed):
     minimum = [min(torch.sigmoid(-x).item() for x in chunk) if len(chunk) else 1.0
                for chunk in scored.hazard_logits.split(scored.num_steps.tolist())]  # fmt: skip
     torch.testing.assert_close(scored.score("min"), torch.tensor(minimum))
+    # PURE's min-form return of the first step: the lowest log(1 - h_t), 0 without steps; exp of "min".
+    lowest = [min(-torch.nn.functional.softplus(x).item() for x in chunk) if len(chunk) else 0.0
+              for chunk in scored.hazard_logits.double().split(scored.num_steps.tolist())]  # fmt: skip
+    torch.testing.assert_close(scored.score("min_reward").double(), torch.tensor(lowest, dtype=torch.float64),
+                               rtol=1e-6, atol=1e-7)  # fmt: skip
+    torch.testing.assert_close(scored.score("min_reward").exp(), scored.score("min"), rtol=1e-5, atol=1e-7)
 
 
 def test_score_responses_splits_text(scorer):

@@ -25,7 +25,7 @@ import torch
 
 openrlhf = pytest.importorskip("openrlhf")
 
-from adapter_fixtures import SEP, random_trajectories, scorer, tokenizer  # noqa: E402,F401
+from adapter_fixtures import SEP, crm_folder, random_trajectories, scorer, tokenizer  # noqa: E402,F401
 from crm_kernels.integrations.openrlhf import action_token_rewards, compute_process_reward  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,14 +70,6 @@ def openrlhf_action_mask(output):
     for start, end in output["action_ranges"]:
         action_mask[start:end] = 1
     return sequences, action_mask[1:]
-
-
-@pytest.fixture(scope="module")
-def crm_folder(scorer, tokenizer, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("crm")
-    scorer.model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import torch
 
 verl = pytest.importorskip("verl")
 
-from adapter_fixtures import SEP, random_trajectories, scorer, tokenizer  # noqa: E402,F401
+from adapter_fixtures import SEP, crm_folder, random_trajectories, scorer, tokenizer  # noqa: E402,F401
 from crm_kernels.integrations import verl as adapter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,15 +29,6 @@ def readme_verl_overrides() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     (block,) = re.findall(r"```bash\n(python -m verl\.trainer\.main_ppo.*?)```", readme, re.S)
     return [token for token in block.replace("\\\n", " ").split() if "=" in token and not token.startswith("--")]
-
-
-@pytest.fixture(scope="module")
-def crm_folder(scorer, tokenizer, tmp_path_factory):
-    """A CRM saved as users save one, with its tokenizer; also the policy's tokenizer here."""
-    folder = tmp_path_factory.mktemp("crm")
-    scorer.model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 def verl_config(crm_folder, *extra):
@@ -112,7 +103,7 @@ def test_registered_under_crm_in_verls_registry():
     assert adapter.register()  # a second import (each verl worker imports it) is no conflict
 
 
-@pytest.mark.parametrize("score", ["log_survival", "min"])
+@pytest.mark.parametrize("score", ["log_survival", "min_reward"])
 def test_reward_loop_scores_each_response(crm_folder, scorer, tokenizer, tmp_path, score, seed):
     """verl's loader builds the manager from the config (crm_path, score, outcome_weight from
     reward.reward_kwargs; the verifier from reward.custom_reward_function), its worker awaits

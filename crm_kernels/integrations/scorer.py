@@ -19,12 +19,14 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .. import rl, scoring
+from .. import rl, scoring, segment
 from ..data import PRMExample, collate, encode
 
-#: What a trajectory score can be: the CRM's own log S(T) or S(T), or another PRM aggregation of
-#: the step scores 1 - h(t) (`crm_kernels.scoring.aggregate`).
-SCORE_KINDS = ("log_survival", "survival", "min", "last", "mean", "product")
+#: What a trajectory score can be: the CRM's own log S(T) or S(T); "min_reward", the lowest step
+#: reward min_t log(1 - h_t) (PURE's min-form return of the first step, 0 without steps); or a
+#: PRM aggregation of the step scores 1 - h(t) (`crm_kernels.scoring.aggregate`), where "min" is
+#: min_t (1 - h_t), the exponential of "min_reward".
+SCORE_KINDS = ("log_survival", "survival", "min_reward", "min", "last", "mean", "product")
 
 
 @dataclass
@@ -48,6 +50,8 @@ class ScoredBatch:
             return self.log_survival
         if kind == "survival":
             return self.log_survival.exp()
+        if kind == "min_reward":
+            return segment.segment_min(self.step_rewards, self.cu_steps, empty=0.0, validate=False)
         return scoring.aggregate(scoring.step_scores(self.hazard_logits), self.cu_steps, kind, validate=False)
 
 

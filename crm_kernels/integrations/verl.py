@@ -10,7 +10,8 @@ per response is all a reward manager hands verl, so this one hands:
 
 - `score="log_survival"` (default): log S(T), the sum of the step rewards r_t = log(1 - h_t), which
   is what verl's outcome estimators (GRPO, RLOO, REINFORCE++) sum over a response anyway;
-- `score="min"`: the lowest step reward min_t r_t, PURE's min-form return of the first token;
+- `score="min_reward"`: the lowest step reward min_t r_t, PURE's min-form return of the first token;
+- or any other of `crm_kernels.integrations.SCORE_KINDS`, as the TRL and OpenRLHF adapters take;
 
 plus `outcome_weight` times verl's rule-based score (`compute_score`: the data source's default,
 or `reward.custom_reward_function`), and `empty_score` for a response without any step text.
@@ -38,10 +39,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .scorer import CRMScorer
+from .scorer import SCORE_KINDS, CRMScorer
 
 REWARD_MANAGER_NAME = "crm"
-SCORES = ("log_survival", "min")
 REWARD_KWARGS = ("crm_path", "step_separator", "score", "outcome_weight", "empty_score", "device", "batch_size")
 
 try:  # verl is optional: without it the class is defined on `object` and nothing is registered.
@@ -65,8 +65,8 @@ class CRMRewardManager(_Base):
         if (options.get("crm_path") is None) == (scorer is None):
             raise ValueError("CRMRewardManager needs reward.reward_kwargs.crm_path (or a scorer), and not both")
         score = options.get("score", "log_survival")
-        if score not in SCORES:
-            raise ValueError(f"reward.reward_kwargs.score must be one of {SCORES}, got {score!r}")
+        if score not in SCORE_KINDS:
+            raise ValueError(f"reward.reward_kwargs.score must be one of {SCORE_KINDS}, got {score!r}")
         if _Base is not object:
             super().__init__(config, tokenizer, compute_score)
         self.tokenizer, self.compute_score = tokenizer, compute_score
@@ -83,12 +83,11 @@ class CRMRewardManager(_Base):
         prompt, response = self._texts(item)
         scored = await self.loop.run_in_executor(None, lambda: self.scorer.score_responses([prompt], [response]))
         num_steps = int(scored.num_steps[0])
-        log_survival = float(scored.log_survival[0])
-        min_reward = float(scored.step_rewards.min()) if num_steps else 0.0
-        reward = log_survival if self.score_kind == "log_survival" else min_reward
+        reward = float(scored.score(self.score_kind)[0])
         if num_steps == 0 and self.empty_score is not None:
             reward = float(self.empty_score)
-        extra = {"crm_log_survival": log_survival, "crm_num_steps": num_steps, "crm_min_step_reward": min_reward}
+        extra = {"crm_log_survival": float(scored.log_survival[0]), "crm_num_steps": num_steps,
+                 "crm_min_reward": float(scored.score("min_reward")[0])}  # fmt: skip
         if self.outcome_weight and self.compute_score is not None:
             outcome = await self._outcome_score(item, response)
             reward += self.outcome_weight * outcome

@@ -1,0 +1,125 @@
+"""Does a GRPO policy learn to fool the CRM? CRM reward against verifier accuracy over training.
+
+    python python/reward_hacking.py                    # seeds 0 1 2, about 12 minutes on 2 cores
+    python python/reward_hacking.py --seeds 0 --steps 20
+
+For each seed one CRM is trained on the synthetic arithmetic task (as python/grpo_crm.py does) and
+a tiny random policy is trained with TRL's GRPOTrainer (python/grpo_crm.py) under three rewards:
+
+- "log S(T) + verifier": the CRM's log S(T) plus the outcome verifier, weights 1 and 1 (default);
+- "min-form + verifier": the CRM's lowest step reward min_t log(1 - h_t) (PURE's min-form, score
+  "min_reward") plus the verifier;
+- "log S(T) + 5 x verifier": the outcome weighted 5.
+
+For each run: the CRM reward, the CRM's S(T) (its probability that the answer is right) and the
+verifier's accuracy, in the first and last quarter of training, and the hacking gap, S(T) minus
+accuracy in the last quarter (about 0 for a CRM the policy cannot fool; near 1 when the policy
+writes steps the CRM trusts and the verifier rejects), with a few final completions. Writes
+<out>/reward_hacking.json; --write also stores it as benchmarks/results/reward_hacking.json and
+puts its table in the README (tests/test_grpo_crm.py holds both to it, and reruns seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+
+import grpo_crm  # noqa: E402
+
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "reward_hacking.json")
+README_BEGIN, README_END = "<!-- reward-hacking:begin -->\n", "<!-- reward-hacking:end -->"
+
+VARIANTS = {
+    "log S(T) + verifier": [],
+    "min-form + verifier": ["--crm-score", "min_reward"],
+    "log S(T) + 5 x verifier": ["--verifier-weight", "5"],
+}
+
+
+def train_crm_once(seed: int, crm_steps: int, folder: str) -> str:
+    scorer = grpo_crm.load_or_train_crm(argparse.Namespace(crm=None, crm_steps=crm_steps, seed=seed, no_progress=True))
+    scorer.model.save_pretrained(folder)
+    scorer.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and spread (min, max) over seeds of each figure."""
+    keys = ["crm_reward_first_quarter", "crm_reward_last_quarter", "crm_survival_first_quarter",
+            "crm_survival_last_quarter", "accuracy_first_quarter", "accuracy_last_quarter", "hacking_gap",
+            "steps_written_last_quarter"]  # fmt: skip
+    return {key: {"mean": statistics.fmean(run[key] for run in runs), "min": min(run[key] for run in runs),
+                  "max": max(run[key] for run in runs)} for key in keys}  # fmt: skip
+
+
+def markdown(output: dict) -> str:
+    """The README table: mean (min to max) over seeds, last quarter of training unless said."""
+    def cell(figures, key):
+        return f"{figures[key]['mean']:.3f} ({figures[key]['min']:.3f} to {figures[key]['max']:.3f})"
+
+    lines = [f"{len(output['seeds'])} seeds ({', '.join(map(str, output['seeds']))}), {output['grpo_steps']} GRPO steps each; "
+             "mean (min to max) over seeds, last quarter of training:", "",
+             "| reward | CRM reward, first quarter | CRM reward | CRM's S(T) | verifier accuracy | gap S(T) - accuracy | steps written |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, figures in output["summary"].items():
+        lines.append(f"| {name} | {figures['crm_reward_first_quarter']['mean']:.3f} | {cell(figures, 'crm_reward_last_quarter')} | "
+                     f"{cell(figures, 'crm_survival_last_quarter')} | {cell(figures, 'accuracy_last_quarter')} | "
+                     f"{cell(figures, 'hacking_gap')} | {figures['steps_written_last_quarter']['mean']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_results(output: dict) -> None:
+    with open(RESULTS, "w") as f:
+        json.dump(output, f, indent=1)
+        f.write("\n")
+    readme_path = os.path.join(ROOT, "README.md")
+    with open(readme_path) as f:
+        head, rest = f.read().split(README_BEGIN, 1)
+    with open(readme_path, "w") as f:
+        f.write(head + README_BEGIN + markdown(output) + README_END + rest.split(README_END, 1)[1])
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=100, help="GRPO steps per run")
+    parser.add_argument("--crm-steps", type=int, default=200)
+    parser.add_argument("--out", default="reward_hacking_out")
+    parser.add_argument("--write", action="store_true", help="store the results and the README table")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    results = {name: [] for name in VARIANTS}
+    for seed in args.seeds:
+        crm = train_crm_once(seed, args.crm_steps, os.path.join(args.out, f"crm_seed{seed}"))
+        for name, flags in VARIANTS.items():
+            report = grpo_crm.main(["--crm", crm, "--seed", str(seed), "--steps", str(args.steps), "--no-progress",
+                                    "--out", os.path.join(args.out, "grpo"), *flags])  # fmt: skip
+            report["hacking_gap"] = report["crm_survival_last_quarter"] - report["accuracy_last_quarter"]
+            report.pop("history")
+            results[name].append({"seed": seed, **report})
+    summary = {name: summarize(runs) for name, runs in results.items()}
+    print(f"\n{len(args.seeds)} seeds x {args.steps} GRPO steps; mean (min to max) over seeds")
+    print(f"{'reward':<26}{'CRM reward first -> last':>30}{'S(T) last':>20}{'accuracy last':>20}{'gap':>20}")
+    for name, figures in summary.items():
+        cell = lambda key, digits=3: (f"{figures[key]['mean']:.{digits}f} ({figures[key]['min']:.{digits}f} to "  # noqa: E731
+                                      f"{figures[key]['max']:.{digits}f})")
+        print(f"{name:<26}{figures['crm_reward_first_quarter']['mean']:>14.3f} -> {cell('crm_reward_last_quarter')}"
+              f"  {cell('crm_survival_last_quarter')}  {cell('accuracy_last_quarter')}  {cell('hacking_gap')}")  # fmt: skip
+    output = {"seeds": args.seeds, "grpo_steps": args.steps, "crm_steps": args.crm_steps, "summary": summary,
+              "runs": results}  # fmt: skip
+    with open(os.path.join(args.out, "reward_hacking.json"), "w") as f:
+        json.dump(output, f, indent=1)
+    if args.write:
+        write_results(output)
+    return output
+
+
+if __name__ == "__main__":
+    main()
