@@ -1,7 +1,7 @@
 """The OpenRLHF adapter inside OpenRLHF 0.11.2 itself (pinned in requirements-trainers.txt,
 installed without its GPU stack): its `SingleTurnAgentExecutor` loads the README's reward file and
-scores a rollout, its `compute_reward` takes the per-token rewards' place, and its CLI defines
-the flag the README gives.
+scores a rollout, its `compute_reward` takes the per-token rewards' place, and its own CLI parser
+(built from the installed train_ppo_ray.py) parses the README's command.
 
 Named stand-ins, for what cannot run without a GPU:
 - the vLLM engine the executor generates with (`FixedGeneration`: returns given token ids);
@@ -11,8 +11,11 @@ Named stand-ins, for what cannot run without a GPU:
   the executor's `action_ranges` (its module imports vLLM): `openrlhf_action_mask` below.
 """
 
+import argparse
 import ast
 import asyncio
+import datetime
+import os
 import importlib.util
 import re
 import sys
@@ -141,15 +144,29 @@ def test_per_token_rewards_in_openrlhfs_layout(executor, scorer, tokenizer, seed
     torch.testing.assert_close(process - rewards, -0.05 * kl)  # the same KL term OpenRLHF subtracts
 
 
-def test_readme_openrlhf_flags_are_openrlhfs():
-    """The flags of the README's OpenRLHF command are defined by the installed train_ppo_ray.py
-    (read from its source: the CLI module imports vLLM and Ray at the top)."""
-    source = (PACKAGE / "cli" / "train_ppo_ray.py").read_text()
-    defined = {node.args[0].value for node in ast.walk(ast.parse(source))
-               if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
-               and node.args and isinstance(node.args[0], ast.Constant)}  # fmt: skip
-    assert "--reward.remote_url" in defined and "--remote_rm_url" not in defined
+def openrlhf_cli_parser():
+    """OpenRLHF's own argument parser: the statements of train_ppo_ray.py's __main__ block up to
+    `parse_args`, executed from the installed file (its module-level imports, vLLM and Ray, are
+    not needed to build the parser and are not run)."""
+    tree = ast.parse((PACKAGE / "cli" / "train_ppo_ray.py").read_text())
+    (main,) = [node for node in tree.body if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)]
+    statements = []
+    for node in main.body:
+        if isinstance(node, ast.Assign) and "parse_args" in ast.unparse(node.value):
+            break
+        statements.append(node)
+    namespace = {"argparse": argparse, "datetime": datetime.datetime, "os": os}
+    exec(compile(ast.Module(body=statements, type_ignores=[]), str(PACKAGE / "cli" / "train_ppo_ray.py"), "exec"), namespace)
+    return namespace["parser"]
+
+
+def test_readme_openrlhf_command_parses_with_openrlhfs_parser():
+    parser = openrlhf_cli_parser()
     readme = (ROOT / "README.md").read_text()
     (command,) = re.findall(r"```bash\n([^`]*openrlhf\.cli\.train_ppo_ray[^`]*)```", readme)
-    used = set(re.findall(r"(?<!\S)(--[\w.]+)", command))
-    assert used and used <= defined, used - defined
+    arguments = [token for token in command.replace("\\\n", " ").split("train_ppo_ray", 1)[1].split() if token != "..."]
+    args = parser.parse_args(arguments)
+    reward_file = getattr(args, "reward.remote_url")
+    assert reward_file.endswith(".py") and (ROOT / reward_file).exists()  # the executor loads .py paths as files
+    with pytest.raises(SystemExit):  # the flag earlier READMEs gave
+        parser.parse_args(["--remote_rm_url", reward_file])
