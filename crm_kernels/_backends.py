@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import warnings
 
 import torch
 
@@ -75,8 +76,11 @@ def _available_on(device_type: str) -> tuple[str, ...]:
     # for torch.compile (the dispatcher query behind it cannot be traced). functools.cache here
     # would hide this function from Dynamo's assume_constant_result.
     if device_type not in _AVAILABLE_ON:
-        order = GPU_PREFERENCE if device_type == "cuda" else ("cpu", "triton", "torch")
-        _AVAILABLE_ON[device_type] = tuple(name for name in order if is_available(name, torch.device(device_type)))
+        if device_type == "cuda" and not torch.cuda.is_available():
+            _AVAILABLE_ON[device_type] = ()  # no CUDA tensor can exist: nothing runs on one
+        else:
+            order = GPU_PREFERENCE if device_type == "cuda" else ("cpu", "triton", "torch")
+            _AVAILABLE_ON[device_type] = tuple(name for name in order if is_available(name, torch.device(device_type)))
     return _AVAILABLE_ON[device_type]
 
 
@@ -89,9 +93,15 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
 
 
 def resolve(backend: str, device: torch.device) -> str:
-    """The backend to run for tensors on `device`: "auto" is the first available one."""
+    """The backend to run for tensors on `device`: "auto" is the first available one. When that
+    is the padded eager reference because no compiled backend is there, a warning says so once:
+    padding allocates B x (longest trajectory), gigabytes on a skewed batch."""
     available = available_backends(device)
+    if not available:
+        raise ValueError(f"no crm_kernels backend runs on {device}: torch {torch.__version__} sees no such device")
     if backend == "auto":
+        if available[0] == "torch":
+            _warn_padded_fallback(torch.device(device).type)
         return available[0]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}; available on {device}: {available}")
@@ -99,6 +109,14 @@ def resolve(backend: str, device: torch.device) -> str:
         reason = f" ({_extension_error()})" if backend in ("cpu", "cuda") and _extension_error() else ""
         raise ValueError(f"backend {backend!r} is not available for tensors on {device}{reason}; available: {available}")
     return backend
+
+
+@functools.cache
+def _warn_padded_fallback(device_type: str) -> None:
+    reason = _extension_error() or "no compiled backend for this device"
+    warnings.warn(f"crm_kernels: backend='auto' on {device_type} falls back to the padded eager reference, "
+                  f"which allocates B x (longest trajectory) and is many times slower: {reason}. "
+                  "Pass backend='torch' to choose it knowingly.", RuntimeWarning, stacklevel=4)  # fmt: skip
 
 
 class _CompiledKernels:

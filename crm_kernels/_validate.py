@@ -90,11 +90,26 @@ def check_weights(weights) -> tuple[float, float, float]:
     return w_survive, w_wrong, w_first_error
 
 
-def check_reduction(reduction: str, normalizer) -> None:
+def check_reduction(reduction: str, normalizer, validate: bool = True) -> None:
+    """The reduction's name, and a normalizer that is a positive number (or a one-element tensor
+    holding one: its value is read, one sync, unless validate=False): 0 gave inf, and a negative
+    one a loss whose gradient climbs."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if normalizer is not None and reduction == "none":
+    if normalizer is None:
+        return
+    if reduction == "none":
         raise ValueError("normalizer divides a reduced loss: it needs reduction='mean' or 'sum', not 'none'")
+    if isinstance(normalizer, torch.Tensor):
+        if normalizer.numel() != 1:
+            raise ValueError(f"normalizer must be a number or a one-element tensor, got shape {tuple(normalizer.shape)}")
+        if not validate or torch.compiler.is_compiling():  # reading it would sync or break the graph
+            return
+        normalizer = normalizer.item()
+    if isinstance(normalizer, bool) or not isinstance(normalizer, (int, float)):
+        raise TypeError(f"normalizer must be a positive number, got {type(normalizer).__name__}")
+    if not normalizer > 0:  # also catches NaN
+        raise ValueError(f"normalizer must be > 0 (the global number of trajectories), got {normalizer}")
 
 
 def _compiled_check_passes(logits, cu_steps, outcome, first_error) -> bool:

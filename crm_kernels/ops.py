@@ -70,9 +70,11 @@ def crm_loss(
         first_error: optional [B] int32/int64, 0-based first wrong step of flawed trajectories, -1
             where unknown (and on every correct trajectory).
         weights: (w_S, w_W, w_z).
-        reduction: "mean" (sum / B), "sum" or "none" (the [B] vector of l_i).
-        normalizer: divide the summed loss by this instead of B. Data-parallel ranks pass the global
-            number of trajectories so that their gradients add up to the single-process mean.
+        reduction: "mean" (sum / B; 0 for a batch without trajectories), "sum" or "none" (the [B]
+            vector of l_i). Sums have the same bits for any number of threads.
+        normalizer: divide the summed loss by this (> 0) instead of B. Data-parallel ranks pass the
+            global number of trajectories so that their gradients add up to the single-process
+            mean. A tensor's value is checked unless validate=False or under torch.compile.
 
     Returns:
         A float32 scalar (float64 for float64 logits), or [B] for reduction="none".
@@ -82,7 +84,7 @@ def crm_loss(
     check_outcome(outcome, batch, logits)
     check_first_error(first_error, batch, logits)
     weights = check_weights(weights)
-    check_reduction(reduction, normalizer)
+    check_reduction(reduction, normalizer, validate)
     backend = resolve(backend, logits.device)
     if backend == "torch":
         if validate:

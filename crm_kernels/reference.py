@@ -62,13 +62,17 @@ def combine_losses(survive_nll, first_error_nll, outcome, first_error, weights):
 
 def reduce_losses(losses: torch.Tensor, reduction: str, normalizer=None) -> torch.Tensor:
     """"none": the [B] vector; "sum"; "mean": the sum over B, or over `normalizer` when given
-    (data-parallel ranks pass the global count so that their sums add up to the global mean)."""
+    (data-parallel ranks pass the global count so that their sums add up to the global mean).
+
+    The sum runs left to right in float64 (a cumulative sum), so it has the same bits for any
+    number of threads: torch.sum splits a CPU reduction by thread, and its float32 result moved
+    by a few ulps between 1 and 2 threads. A batch without trajectories has mean 0, not 0 / 0."""
     if reduction == "none":
         return losses
-    total = losses.sum()
+    total = losses.to(torch.float64).cumsum(0)[-1].to(losses.dtype) if losses.numel() else losses.sum()
     if normalizer is not None:
         return total / normalizer
-    return total if reduction == "sum" else total / losses.numel()
+    return total if reduction == "sum" else total / max(losses.numel(), 1)
 
 
 # ---- padded / masked -------------------------------------------------------------------------

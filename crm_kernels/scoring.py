@@ -44,7 +44,9 @@ def aggregate(step_values: Tensor, cu_steps: Tensor, how: str, *, validate: bool
             outcome score.
         "min", "last", "mean", "product": step_values are step scores in [0, 1] (`step_scores`
             for a CRM, or another PRM's step probabilities); the product is taken in log space.
-    A trajectory without steps scores 1 (0 for log_survival): nothing in it failed.
+    A trajectory without steps scores 1 (0 for log_survival): nothing in it failed. With
+    validate, step scores outside [0, 1] are an error (hazard logits passed as scores gave NaN for
+    "product" and meaningless numbers for the rest); NaN passes through to its trajectory.
     """
     if how not in AGGREGATIONS:
         raise ValueError(f"how must be one of {AGGREGATIONS}, got {how!r}")
@@ -52,6 +54,13 @@ def aggregate(step_values: Tensor, cu_steps: Tensor, how: str, *, validate: bool
         log_survival = ops.log_survival(step_values, cu_steps, validate=validate)
         return segment_last(log_survival, cu_steps, empty=0.0, validate=False)
     check_segments(step_values, cu_steps, validate, values_name="step_values", offsets_name="cu_steps")
+    if validate:
+        outside = (step_values < 0) | (step_values > 1)
+        if bool(outside.any()):
+            i = int(outside.nonzero()[0, 0])
+            raise ValueError(f"step_values must be step scores in [0, 1] for how={how!r} (scoring.step_scores(hazard_logits) "
+                             f"for a CRM), got step_values[{i}] = {float(step_values[i])}; hazard logits take "
+                             "how='log_survival'")  # fmt: skip
     if how == "min":
         return segment_min(step_values, cu_steps, empty=1.0, validate=False)
     if how == "last":

@@ -1,6 +1,8 @@
 """The ops as torch ops: opcheck, fp64 gradcheck, torch.compile without graph breaks, and the
 backend registry."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -105,3 +107,33 @@ def test_extension_is_built_in_ci():
     """The C++ backend is the point of the CPU path: a suite that silently fell back to the
     reference would prove nothing."""
     assert "cpu" in crm_kernels.available_backends("cpu"), crm_kernels._backends._extension_error()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_no_backend_is_listed_for_cuda_without_cuda():
+    """available_backends('cuda') listed ['triton', 'torch'] on a CPU-only build."""
+    assert crm_kernels.available_backends("cuda") == []
+    with pytest.raises(ValueError, match="no crm_kernels backend runs on cuda"):
+        crm_kernels._backends.resolve("auto", torch.device("cuda"))
+
+
+def test_auto_warns_once_when_it_falls_back_to_padding(monkeypatch):
+    """Without the extension, "auto" on a CPU picked the padded reference silently (it tried to
+    allocate 20 GB on a skewed batch); now it warns, once, saying why and how to silence it."""
+    from crm_kernels import _backends
+
+    monkeypatch.setattr(_backends, "_extension_error", lambda: "the C++ extension is not built (test)")
+    monkeypatch.setattr(_backends, "_triton_runs_on", lambda device: False)
+    _backends._AVAILABLE_ON.clear()
+    _backends._warn_padded_fallback.cache_clear()
+    try:
+        args = (torch.randn(5), torch.tensor([0, 2, 5]), torch.tensor([True, False]))
+        with pytest.warns(RuntimeWarning, match="falls back to the padded eager reference.*not built"):
+            crm_kernels.crm_loss(*args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            crm_kernels.crm_loss(*args)  # once only
+            crm_kernels.crm_loss(*args, backend="torch")  # chosen knowingly: no warning
+    finally:
+        _backends._AVAILABLE_ON.clear()
+        _backends._warn_padded_fallback.cache_clear()

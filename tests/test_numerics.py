@@ -106,3 +106,38 @@ def test_cpu_results_do_not_depend_on_thread_count(seed):
         torch.set_num_threads(threads)
     for a, b in zip(single, multi):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mean_over_no_trajectories_is_zero(backend):
+    """A batch without trajectories has mean loss 0 (was 0 / 0 = NaN), with a zero-size gradient."""
+    logits = torch.empty(0, requires_grad=True)
+    loss = crm_kernels.crm_loss(logits, torch.zeros(1, dtype=torch.long), torch.empty(0, dtype=torch.bool),
+                                backend=backend)  # fmt: skip
+    assert loss.item() == 0.0
+    loss.backward()
+    assert logits.grad.shape == (0,)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])  # the interpreter: slow, same reduction
+def test_reduced_loss_has_the_same_bits_for_any_thread_count(backend, reduction, seed):
+    """The README's promise: torch.sum splits a CPU reduction by thread (its float32 sum of 65,536
+    values moved by several ulps between 1 and 2 threads); the reduction is an ordered sum."""
+    batch = make_batch(seed, torch.float32, batch=20_000, mean=3.0)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            logits = batch.logits.clone().requires_grad_()
+            loss = crm_kernels.crm_loss(logits, batch.cu_steps, batch.outcome, batch.first_error, reduction=reduction,
+                                        backend=backend)  # fmt: skip
+            loss.backward()
+            results.append((loss.detach(), logits.grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    expected = reference.crm_loss_loop(batch.logits.double(), batch.cu_steps, batch.outcome, batch.first_error,
+                                       reduction=reduction)  # fmt: skip
+    torch.testing.assert_close(results[0][0].double(), expected, rtol=2e-6, atol=1e-6)

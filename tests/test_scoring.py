@@ -135,3 +135,17 @@ def test_bad_arguments_are_named():
         scoring.extend_log_survival(torch.zeros(3), torch.ones(3), torch.tensor([0, 1, 3]))
     with pytest.raises(ValueError, match=r"cu_steps\[-1\] must equal"):
         scoring.extend_log_survival(torch.zeros(2), torch.ones(3), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("how", ["min", "last", "mean", "product"])
+def test_aggregate_takes_step_scores_not_logits(how, seed):
+    """Hazard logits passed as step scores gave NaN ("product") or meaningless numbers."""
+    batch = make_batch(seed, torch.float32, scale=3.0)
+    logits = batch.logits.clone()
+    logits[int(batch.cu_steps[2])] = -4.0  # surely outside [0, 1]
+    with pytest.raises(ValueError, match=r"step_values must be step scores in \[0, 1\].*step_values\[\d+\] = "):
+        scoring.aggregate(logits, batch.cu_steps, how)
+    scores = scoring.step_scores(batch.logits)
+    scores[0] = float("nan")  # NaN is not out of range: it stays in its trajectory
+    assert scoring.aggregate(scores, batch.cu_steps, how).isnan().sum() <= 1
+    scoring.aggregate(logits, batch.cu_steps, how, validate=False)  # validate=False checks nothing

@@ -102,3 +102,19 @@ def test_unvalidated_garbage_stays_in_bounds(backend, seed):
         out = crm_kernels.log_survival(x, cu_steps, validate=False, backend=backend)
         assert out.shape == x.shape
         out.sum().backward()
+
+
+@pytest.mark.parametrize("normalizer, error, message", [
+    (0, ValueError, "normalizer must be > 0"), (-3.0, ValueError, "normalizer must be > 0"),
+    (float("nan"), ValueError, "normalizer must be > 0"), (torch.tensor(0.0), ValueError, "normalizer must be > 0"),
+    (torch.tensor([1.0, 2.0]), ValueError, "one-element tensor"), ("4", TypeError, "positive number"),
+    (True, TypeError, "positive number"),
+])  # fmt: skip
+def test_normalizer_must_be_a_positive_number(normalizer, error, message):
+    """0 gave inf and a negative normalizer a loss whose gradient climbs."""
+    args = (torch.randn(6), torch.tensor([0, 2, 6]), torch.tensor([True, False]))
+    with pytest.raises(error, match=message):
+        crm_kernels.crm_loss(*args, normalizer=normalizer)
+    # A tensor's value is read only when validating (reading it syncs the device).
+    if isinstance(normalizer, torch.Tensor) and normalizer.numel() == 1:
+        crm_kernels.crm_loss(*args, normalizer=normalizer, validate=False)
