@@ -44,13 +44,14 @@ def make_batch():
     return input_ids, mask, torch.tensor(outcome), torch.tensor(first_error)
 
 
-def train(model, input_ids, mask, outcome, first_error, loss_fn):
+def train(model, input_ids, mask, outcome, first_error, loss_fn, after_backward=lambda: None):
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     for _ in range(STEPS):
         output = model(input_ids, mask)
         loss = loss_fn(output.hazard_logits, output.cu_steps, outcome, first_error)
         optimizer.zero_grad()
         loss.backward()
+        after_backward()
         optimizer.step()
 
 
@@ -63,19 +64,24 @@ def worker(rank, world_size, rendezvous, out_path, averaged):
         input_ids, mask, outcome, first_error = (t[start:end] for t in make_batch())
         model = make_model()
         normalizer = loss_normalizer(end - start, gradients_averaged=averaged)
+        after_backward = lambda: None  # noqa: E731
         if averaged:
             trained = torch.nn.parallel.DistributedDataParallel(model)
         else:
-            # Summed gradients, as with a SUM all-reduce of one's own.
+            # Summed gradients, as with a SUM all-reduce of one's own. It runs after backward, over
+            # the parameters in their fixed order: collectives issued from gradient hooks follow
+            # the autograd engine's order, which nothing guarantees to be the same on both ranks.
             trained = model
-            for parameter in model.parameters():
-                parameter.register_hook(lambda grad: dist.all_reduce(grad) or grad)
+
+            def after_backward():
+                for parameter in model.parameters():
+                    dist.all_reduce(parameter.grad)
 
         def loss_fn(*args):
             return crm_loss(*args, reduction="sum", normalizer=normalizer)
 
         # DDP's forward must run through the wrapper for its gradient hooks.
-        train(trained, input_ids, mask, outcome, first_error, loss_fn)
+        train(trained, input_ids, mask, outcome, first_error, loss_fn, after_backward)
         if rank == 0:
             torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out_path)
     finally:
