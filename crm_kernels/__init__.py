@@ -14,7 +14,7 @@ from . import data, distributed, reference, rl, scoring, segment
 from ._backends import available_backends
 from .ops import CRMLoss, crm_loss, log_survival
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CRMLoss",
