@@ -13,7 +13,14 @@ $(STAMP): requirements-dev.txt requirements-trainers.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-trainers.txt
 	touch $(STAMP)
 
-build: $(STAMP)
+# The package is installed in .venv in editable mode (so `import crm_kernels` works from any
+# folder); build_ext --inplace then recompiles only what changed.
+EDITABLE := $(VENV)/.editable
+$(EDITABLE): $(STAMP) setup.py pyproject.toml
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $(EDITABLE)
+
+build: $(EDITABLE)
 	$(PY) setup.py --quiet build_ext --inplace
 
 # The slow-marked tests (TRL GRPOTrainer end to end, 2-process DDP) run after the rest, one at a
@@ -22,13 +29,15 @@ test: build
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 	$(PY) -m pytest -q -m slow tests
 
+# Results go to bench_out/ (untracked); BENCH_ARGS=--save writes benchmarks/results/ and the
+# README's tables instead, for a run meant to be published.
 bench: build
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
-	$(PY) -m benchmarks.rl
+	$(PY) -m benchmarks.rl $(filter --save,$(BENCH_ARGS))
 
 # Everything that needs a GPU, for the day one is here (a CUDA GPU, a CUDA build of torch: PyPI's
 # torch==2.13.0 on Linux x86-64 is one, nvcc and compute-sanitizer on PATH): the CUDA build,
-# pytest -m gpu, compute-sanitizer memcheck over the CUDA tests, make bench BENCH_ARGS=--full.
+# pytest -m gpu, compute-sanitizer memcheck over the CUDA tests, make bench BENCH_ARGS="--full --save".
 # One JSON: benchmarks/results/gpu_check_<device>.json.
 gpu-check: $(STAMP)
 	$(PY) -m benchmarks.gpu_check
@@ -37,7 +46,7 @@ gpu-check: $(STAMP)
 # out-of-bounds access whatever the input). Builds a sanitized copy in build/asan.
 asan: $(STAMP)
 	rm -rf build/asan && mkdir -p build/asan
-	cp -r crm_kernels csrc setup.py pyproject.toml README.md build/asan/
+	cp -r crm_kernels csrc setup.py pyproject.toml README.md LICENSE build/asan/
 	find build/asan/crm_kernels -name '*.so' -delete
 	cd build/asan && CRM_KERNELS_SANITIZE=address CRM_KERNELS_NO_CUDA=1 $(abspath $(PY)) setup.py --quiet build_ext --inplace
 	cd build/asan && PYTHONPATH=. LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \

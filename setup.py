@@ -28,9 +28,23 @@ def cpu_simd_flags():
     return []
 
 
+def cuda_headers_found() -> bool:
+    """The CUDA toolkit's headers the kernels include (nvcc alone, as in some runtime images, is
+    not enough: cuda_bf16.h ships with the full toolkit)."""
+    roots = [Path(CUDA_HOME) / "include", *Path(CUDA_HOME).glob("targets/*/include")]
+    return any((root / "cuda_bf16.h").is_file() for root in roots)
+
+
 def build_cuda() -> bool:
-    """CUDA kernels too when torch is a CUDA build and nvcc is found; CRM_KERNELS_NO_CUDA=1 skips."""
-    return os.environ.get("CRM_KERNELS_NO_CUDA") != "1" and torch.version.cuda is not None and CUDA_HOME is not None
+    """CUDA kernels too when torch is a CUDA build and the CUDA toolkit (nvcc and headers) is
+    found; otherwise the CPU kernels only, and the GPU runs the Triton backend.
+    CRM_KERNELS_NO_CUDA=1 skips CUDA."""
+    if os.environ.get("CRM_KERNELS_NO_CUDA") == "1" or torch.version.cuda is None or CUDA_HOME is None:
+        return False
+    if not cuda_headers_found():
+        print(f"crm_kernels: CUDA kernels skipped, no cuda_bf16.h under {CUDA_HOME}", flush=True)
+        return False
+    return True
 
 
 def extensions():

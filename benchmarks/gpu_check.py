@@ -9,7 +9,7 @@ which requirements-dev.txt pins, is one), in order:
    determinism, CUDA-graph capture, torch.compile, the Triton RL scans;
 3. compute-sanitizer's memcheck over the CUDA-backend tests (torch's caching allocator off, so
    an access past a tensor's end is past an allocation's end);
-4. `make bench BENCH_ARGS=--full` (benchmarks.run at full sizes, then benchmarks.rl).
+4. `make bench BENCH_ARGS="--full --save"` (benchmarks.run at full sizes, then benchmarks.rl).
 
 Each step's command, exit status, time and output tail go to
 benchmarks/results/gpu_check_<device>.json, with the device and versions; the run goes on after a
@@ -54,7 +54,7 @@ def plan(python: str = sys.executable, make: str = "make") -> list:
                                python, "-m", "pytest", "-q", "-m", "gpu", "-k", "cuda", "-p", "no:cacheprovider",
                                cuda_tests],  # fmt: skip
              env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}, timeout_s=7200),
-        Step("bench_full", [make, "bench", "BENCH_ARGS=--full", f"PY={python}"], timeout_s=7200),
+        Step("bench_full", [make, "bench", "BENCH_ARGS=--full --save", f"PY={python}"], timeout_s=7200),
     ]
 
 

@@ -42,8 +42,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks import report  # noqa: E402
+from benchmarks.report import RESULTS, ROOT  # noqa: E402
+
 ARCHS = (80, 90)
 # Registers per thread allowed, per accumulation dtype. Every kernel runs 256-thread blocks (Triton:
 # 8 warps; CUDA: kThreads); at most 128 registers keeps at least two blocks (16 warps) resident per
@@ -429,13 +430,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-README_BEGIN, README_END = "<!-- gpu-resources:begin -->\n", "<!-- gpu-resources:end -->"
-
-
-def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    head, rest = readme.read_text().split(README_BEGIN, 1)
-    readme.write_text(head + README_BEGIN + table + README_END + rest.split(README_END, 1)[1])
+README_SECTION = "gpu-resources"  # the README's <!-- gpu-resources:begin/end --> markers
 
 
 def _tool_versions(nvcc: str | None) -> dict:
@@ -485,7 +480,7 @@ def main(argv=None) -> int:
     if args.write:
         (RESULTS / "gpu_resources.json").write_text(json.dumps(table, indent=1) + "\n")
         (RESULTS / "gpu_resources.md").write_text(markdown(table))
-        update_readme(markdown(table))
+        report.replace_section(ROOT / "README.md", README_SECTION, markdown(table))
     errors = [r for r in summary["triton_variants"] + summary["cuda_kernels"] if "error" in r]
     for error in errors[:5]:
         print("ERROR", error.get("kernel", error.get("source")), error["error"][:2000], file=sys.stderr)

@@ -1,6 +1,6 @@
 """crm_kernels.rl against the loop implementations RL trainers run today, in one process.
 
-    .venv/bin/python -m benchmarks.rl [--out benchmarks/results/rl_<device>.json]
+    .venv/bin/python -m benchmarks.rl [--save]     # bench_out/rl_<device>.json; --save: benchmarks/results/
 
 Workloads (issue 6):
 - rollouts: 65,536 trajectories, Poisson(16) steps, 8 tokens per step, groups of 8 samples per
@@ -14,7 +14,8 @@ Workloads (issue 6):
 
 Medians over repetitions after one warm-up, synchronized on GPUs. Beside each figure, the floor:
 the bytes the workload must move at least (inputs read once, outputs written once) over the
-copy bandwidth measured in the same run.
+copy bandwidth measured in the same run. A ratio is marked "?" when either timing spread more than
+benchmarks.report.NOISY_SPREAD (max / min over the repetitions).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import statistics
 import time
@@ -30,6 +30,7 @@ from collections import defaultdict
 
 import torch
 
+from benchmarks import report
 from crm_kernels import rl
 from crm_kernels.data import cu_steps_from_lengths
 from crm_kernels.segment import segment_sum
@@ -39,7 +40,7 @@ def copy_bandwidth(device, repeats: int) -> float:
     """Bytes per second of a large tensor copy (read + write): the memory roof of this device."""
     source = torch.ones(64 * 2**20, device=device)  # 256 MiB of float32
     target = torch.empty_like(source)
-    return 2 * source.numel() * source.element_size() / timed(lambda: target.copy_(source), repeats, device)
+    return 2 * source.numel() * source.element_size() / statistics.median(timed(lambda: target.copy_(source), repeats, device))
 
 
 def gae_bytes(rewards, values, mask) -> int:
@@ -48,7 +49,7 @@ def gae_bytes(rewards, values, mask) -> int:
             + mask.numel() * mask.element_size())  # fmt: skip
 
 
-def timed(function, repeats: int, device) -> float:
+def timed(function, repeats: int, device) -> list[float]:
     function()
     times = []
     for _ in range(repeats):
@@ -59,7 +60,15 @@ def timed(function, repeats: int, device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def timing(ours, loops, repeats: int, device) -> dict:
+    """Medians of ours and of the loops (which run a third as often: they are slow), and whether
+    either spread too much for their ratio to be trusted."""
+    ours_times, loops_times = timed(ours, repeats, device), timed(loops, max(1, repeats // 3), device)
+    return {"ours_s": statistics.median(ours_times), "loops_s": statistics.median(loops_times),
+            "noisy": report.is_noisy(ours_times) or report.is_noisy(loops_times)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +163,7 @@ def rollouts(device, repeats):
     placement = {"workload": "rollouts: to_token_level + returns_to_go + group_advantages, 65,536 trajectories x "
                              "Poisson(16) steps, 8 tokens/step, groups of 8",
                  "steps": steps, "seq_len": seq_len, "floor_bytes": floor_bytes,
-                 "ours_s": timed(ours, repeats, device), "loops_s": timed(loops, max(1, repeats // 3), device)}  # fmt: skip
+                 **timing(ours, loops, repeats, device)}  # fmt: skip
 
     values = torch.randn(trajectories, seq_len, generator=generator).to(device) * mask
     token_rewards = ours_out[0]
@@ -163,7 +172,7 @@ def rollouts(device, repeats):
     torch.testing.assert_close(gae_ours()[0], gae_loops()[0], rtol=1e-4, atol=1e-4)
     gae = {"workload": f"rollouts_gae: GAE over the same batch's token layout [65,536, {seq_len}]",
            "tokens": int(mask.sum()), "floor_bytes": gae_bytes(token_rewards, values, mask),
-           "ours_s": timed(gae_ours, repeats, device), "loops_s": timed(gae_loops, max(1, repeats // 3), device)}  # fmt: skip
+           **timing(gae_ours, gae_loops, repeats, device)}  # fmt: skip
     return [placement, gae]
 
 
@@ -181,15 +190,15 @@ def long_gae(device, repeats):
     loops = lambda: loop_gae(rewards * mask, values_masked, mask.float(), 0.99, 0.95)  # noqa: E731
     torch.testing.assert_close(ours()[0], loops()[0], rtol=1e-3, atol=1e-3)
     return {"workload": "long_gae: 1,024 responses x up to 16,384 tokens, gamma 0.99, lambda 0.95",
-            "tokens": int(mask.sum()), "floor_bytes": gae_bytes(rewards, values, mask), "ours_s": timed(ours, repeats, device),
-            "loops_s": timed(loops, max(1, repeats // 3), device)}  # fmt: skip
+            "tokens": int(mask.sum()), "floor_bytes": gae_bytes(rewards, values, mask), 
+            **timing(ours, loops, repeats, device)}  # fmt: skip
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out")
+    parser.add_argument("--save", action="store_true", help="write to benchmarks/results/ (default: bench_out/)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
@@ -199,9 +208,9 @@ def main(argv=None):
     for row in rows:
         row["floor_s"] = row["floor_bytes"] / bandwidth
         print(f"{row['workload']}\n    ours {row['ours_s'] * 1e3:9.1f} ms   loops {row['loops_s'] * 1e3:9.1f} ms   "
-              f"{row['loops_s'] / row['ours_s']:5.1f}x faster   floor {row['floor_s'] * 1e3:7.1f} ms "
+              f"{row['loops_s'] / row['ours_s']:5.1f}x{'?' if row['noisy'] else ' '} faster   floor {row['floor_s'] * 1e3:7.1f} ms "
               f"(floor / ours = {row['floor_s'] / row['ours_s']:.0%})")  # fmt: skip
-    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"rl_{device.type}.json")
+    out = report.output_dir(args.save) / f"rl_{device.type}.json"
     with open(out, "w") as f:
         json.dump({"device": name, "torch": torch.__version__, "copy_bandwidth_Bps": bandwidth, "date": datetime.datetime.now(datetime.UTC).isoformat(),
                    "rows": rows}, f, indent=1)  # fmt: skip

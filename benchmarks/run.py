@@ -1,15 +1,18 @@
 """The main benchmark: crm_kernels against the eager PyTorch ways of writing the same loss.
 
-    python -m benchmarks.run            # quick sizes, a few minutes on 2 CPU cores
+    python -m benchmarks.run            # quick sizes, a few minutes on 2 CPU cores; to bench_out/
     python -m benchmarks.run --full     # the full workloads
-    python -m benchmarks.run --update-readme
+    python -m benchmarks.run --save     # to benchmarks/results/ and the README's table
 
 Every row is timed in this one process and run, so ratios between rows are fair. For each row:
 median and p10-p90 over repetitions after warm-up (CUDA events on GPUs), peak extra memory, and the
 floor: max(bytes that must move / bandwidth measured in this run, one launch), with time / floor,
 and time over torch's own softplus (+ sigmoid) on the same steps, the transcendental work any
-implementation does (what bounds the ops on CPUs).
-Results go to benchmarks/results/<device>.json (+ .md table, + .png plot of time vs batch size).
+implementation does (what bounds the ops on CPUs). A ratio is marked "?" when its row or its
+baseline spread more than benchmarks.report.NOISY_SPREAD (p90 / p10): the host was too busy for it.
+Also measured: `import crm_kernels` over `import torch`, in fresh interpreters.
+Results go to bench_out/<device>.json (+ .md table, + .png plot of time vs batch size); with --save
+to benchmarks/results/ and the README.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from pathlib import Path
 import torch
 
 import crm_kernels
+from benchmarks import report
 from crm_kernels import reference
 
-RESULTS = Path(__file__).parent / "results"
 LOOP_SUBSAMPLE = 512  # the per-trajectory loop runs on this many trajectories, scaled to the batch
 
 
@@ -337,17 +340,25 @@ def bench_rows(device, full: bool, log) -> list[dict]:
                     rows.append(dict(
                         workload=workload.name, batch=inputs.batch, steps=inputs.num_steps, op=op, mode=mode,
                         impl=name, median_ms=median, p10_ms=quantiles[0], p90_ms=quantiles[-1], reps=len(times),
+                        noisy=report.is_noisy(times),
                         peak_extra_mb=None if peak is None else peak / 2**20, bytes_moved=moved,
                         achieved_gb_s=moved / (median / 1e3) / 1e9, floor_ms=floor_ms, over_floor=median / floor_ms,
                         transcendentals_ms=transcendentals_ms, over_transcendentals=median / transcendentals_ms,
                     ))  # fmt: skip
                     log(f"{workload.name:12s} {op:12s} {mode:7s} {name:42s} {median:10.3f} ms")
+    add_ratios(rows)
+    return rows, dict(bandwidth_gb_s=bandwidth / 1e9, launch_us=launch_ms * 1e3)
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's speed-up over the padded eager and compiled baselines of its workload, op and
+    mode, and whether both timings were quiet enough to trust the ratio."""
     for row in rows:
         same = [r for r in rows if (r["workload"], r["op"], r["mode"]) == (row["workload"], row["op"], row["mode"])]
-        base = {r["impl"]: r["median_ms"] for r in same}
-        row["speedup_vs_eager_padded"] = base["eager padded"] / row["median_ms"]
-        row["speedup_vs_compiled"] = base["torch.compile(eager padded)"] / row["median_ms"]
-    return rows, dict(bandwidth_gb_s=bandwidth / 1e9, launch_us=launch_ms * 1e3)
+        base = {r["impl"]: r for r in same}
+        for key, baseline in (("eager_padded", "eager padded"), ("compiled", "torch.compile(eager padded)")):
+            row[f"speedup_vs_{key}"] = base[baseline]["median_ms"] / row["median_ms"]
+            row[f"speedup_vs_{key}_trusted"] = not (row["noisy"] or base[baseline]["noisy"])
 
 
 def sweep_rows(device, log) -> list[dict]:
@@ -364,10 +375,17 @@ def sweep_rows(device, log) -> list[dict]:
     return rows
 
 
+def ratio(row: dict, key: str) -> str:
+    mark = "" if row[f"{key}_trusted"] else "?"
+    return f"{row[key]:.1f}x{mark}"
+
+
 def markdown_table(result: dict) -> str:
+    imports = result["import_s"]
     lines = [
         f"Device: {result['device_name']}; torch {result['versions']['torch']}; {result['date']}; "
-        f"copy bandwidth {result['bandwidth_gb_s']:.1f} GB/s, one launch {result['launch_us']:.1f} us.",
+        f"copy bandwidth {result['bandwidth_gb_s']:.1f} GB/s, one launch {result['launch_us']:.1f} us; "
+        f"`import crm_kernels` {imports['crm_kernels_over_torch']:.3f} s over `import torch` ({imports['torch']:.2f} s).",
         "",
         "| workload | op | mode | implementation | median ms (p10-p90) | vs eager padded | vs compiled | peak extra MB | GB/s | floor ms | x floor | x transcendentals |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -378,12 +396,14 @@ def markdown_table(result: dict) -> str:
         peak = "-" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
         lines.append(
             f"| {r['workload']} (B={r['batch']}, N={r['steps']}) | {r['op']} | {r['mode']} | {r['impl']} | "
-            f"{r['median_ms']:.3f} ({r['p10_ms']:.3f}-{r['p90_ms']:.3f}) | {r['speedup_vs_eager_padded']:.1f}x | "
-            f"{r['speedup_vs_compiled']:.1f}x | {peak} | {r['achieved_gb_s']:.2f} | {r['floor_ms']:.3f} | {r['over_floor']:.1f} | "
+            f"{r['median_ms']:.3f} ({r['p10_ms']:.3f}-{r['p90_ms']:.3f}) | {ratio(r, 'speedup_vs_eager_padded')} | "
+            f"{ratio(r, 'speedup_vs_compiled')} | {peak} | {r['achieved_gb_s']:.2f} | {r['floor_ms']:.3f} | {r['over_floor']:.1f} | "
             f"{r['over_transcendentals']:.1f} |"
         )
     lines.append("")
     lines.append("Forward-only rows are in the JSON. The loop baseline runs on a subsample and is scaled. "
+                 f"A ratio marked ? had its row or its baseline spread over {report.NOISY_SPREAD}x (p90 / p10): "
+                 "the host was busy; rerun before trusting it. "
                  "\"x transcendentals\": time over torch's own vectorised softplus (+ sigmoid for the backward) "
                  "over the same steps, the elementwise work no implementation avoids.")
     return "\n".join(lines)
@@ -408,24 +428,27 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(result: dict, slug: str) -> None:
-    readme = Path(__file__).parent.parent / "README.md"
-    text = readme.read_text()
-    begin, end = f"<!-- bench:{slug}:begin -->", f"<!-- bench:{slug}:end -->"
-    if begin not in text:
-        return
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{begin}\n{markdown_table(result)}\n{end}{tail}")
+def import_seconds(repeats: int = 5) -> dict:
+    """Median wall time of `import torch` and of `import torch, crm_kernels`, each in a fresh
+    interpreter (issue 13: crm_kernels adds at most 0.3 s)."""
+    import sys
+
+    def median_time(statement):
+        code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+        runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                     cwd=report.ROOT).stdout) for _ in range(repeats)]  # fmt: skip
+        return statistics.median(runs)
+
+    torch_only, both = median_time("import torch"), median_time("import torch, crm_kernels")
+    return {"torch": torch_only, "torch_and_crm_kernels": both, "crm_kernels_over_torch": both - torch_only}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="full workload sizes (per_token: 8192 x 2048 steps)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--save", action="store_true", help="write to benchmarks/results/ and the README table")
     parser.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep and its plot")
-    parser.add_argument("--update-readme", action="store_true", help="put the table into README.md")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     log = lambda message: print(message, flush=True)  # noqa: E731
@@ -433,20 +456,20 @@ def main(argv=None):
     result = dict(
         device=device.type, device_name=device_description(device), versions=versions(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        full=args.full, threads=torch.get_num_threads(), **floors, rows=rows,
+        full=args.full, threads=torch.get_num_threads(), import_s=import_seconds(), **floors, rows=rows,
         sweep=[] if args.no_sweep else sweep_rows(device, log),
     )  # fmt: skip
     slug = device.type if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "_")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{slug}.json").write_text(json.dumps(result, indent=1))
-    (args.out / f"{slug}.md").write_text(markdown_table(result) + "\n")
+    out = report.output_dir(args.save)
+    (out / f"{slug}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{slug}.md").write_text(markdown_table(result) + "\n")
     if result["sweep"]:
-        plot(result, args.out / f"{slug}.png")
+        plot(result, out / f"{slug}.png")
     print()
     print(markdown_table(result))
-    if args.update_readme:
-        update_readme(result, slug)
-    print(f"\nwrote {args.out / slug}.json/.md" + ("/.png" if result["sweep"] else ""))
+    if args.save:
+        report.replace_section(report.ROOT / "README.md", f"bench:{slug}", markdown_table(result))
+    print(f"\nwrote {out / slug}.json/.md" + ("/.png" if result["sweep"] else ""))
 
 
 if __name__ == "__main__":

@@ -31,10 +31,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 import grpo_crm  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from benchmarks import report  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "reward_hacking.json")
-README_BEGIN, README_END = "<!-- reward-hacking:begin -->\n", "<!-- reward-hacking:end -->"
+README_SECTION = "reward-hacking"  # the README's <!-- reward-hacking:begin/end --> markers
 
 VARIANTS = {
     "log S(T) + verifier": [],
@@ -79,11 +82,7 @@ def write_results(output: dict) -> None:
     with open(RESULTS, "w") as f:
         json.dump(output, f, indent=1)
         f.write("\n")
-    readme_path = os.path.join(ROOT, "README.md")
-    with open(readme_path) as f:
-        head, rest = f.read().split(README_BEGIN, 1)
-    with open(readme_path, "w") as f:
-        f.write(head + README_BEGIN + markdown(output) + README_END + rest.split(README_END, 1)[1])
+    report.replace_section(Path(ROOT) / "README.md", README_SECTION, markdown(output))
 
 
 def main(argv=None) -> dict:

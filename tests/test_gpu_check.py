@@ -47,7 +47,7 @@ def test_bench_step_runs_the_full_benchmark_and_the_rl_one():
     command = _step("bench_full").command
     dry = subprocess.run([*command, "-n"], cwd=ROOT, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
-    assert "benchmarks.run --full" in dry.stdout and "benchmarks.rl" in dry.stdout
+    assert "benchmarks.run --full --save" in dry.stdout and "benchmarks.rl --save" in dry.stdout
 
 
 def test_make_gpu_check_target_exists():

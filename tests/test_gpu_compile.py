@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from benchmarks import gpu_resources  # noqa: E402
+from benchmarks import gpu_resources, report  # noqa: E402
 
 # One xdist worker takes the whole module (make test: --dist loadgroup), so the other keeps running
 # the rest of the suite while this one compiles.
@@ -142,5 +142,4 @@ def test_committed_resource_table_is_current(compiled):
         assert committed["cuda"] == compiled["cuda"] and committed["nvcc"] == compiled["nvcc"]
     table = {key: committed[key] for key in ("triton_version", "ptxas", "nvcc", "triton", "cuda")}
     assert (ROOT / "benchmarks" / "results" / "gpu_resources.md").read_text() == gpu_resources.markdown(table)
-    readme = (ROOT / "README.md").read_text()
-    assert f"{gpu_resources.README_BEGIN}{gpu_resources.markdown(table)}{gpu_resources.README_END}" in readme
+    assert report.read_section(ROOT / "README.md", gpu_resources.README_SECTION) == gpu_resources.markdown(table).rstrip("\n")

@@ -3,9 +3,11 @@
 
 import json
 import math
-import os
+from pathlib import Path
 
 import pytest
+
+from benchmarks import report
 
 pytest.importorskip("trl")
 
@@ -33,9 +35,8 @@ def test_readme_reward_hacking_table_is_the_committed_measurement():
 
     with open(reward_hacking.RESULTS) as f:
         committed = json.load(f)
-    with open(os.path.join(reward_hacking.ROOT, "README.md")) as f:
-        readme = f.read()
-    assert f"{reward_hacking.README_BEGIN}{reward_hacking.markdown(committed)}{reward_hacking.README_END}" in readme
+    readme = Path(reward_hacking.ROOT) / "README.md"
+    assert report.read_section(readme, reward_hacking.README_SECTION) == reward_hacking.markdown(committed).rstrip("\n")
     for runs in committed["runs"].values():
         for run in runs:
             assert run["hacking_gap"] == pytest.approx(run["crm_survival_last_quarter"] - run["accuracy_last_quarter"])

@@ -1,0 +1,68 @@
+"""The package as a user installs it: `pip wheel` builds a wheel holding the compiled extension
+against the installed torch (--no-build-isolation, as the README's Installation says), it installs
+into a fresh folder, and it imports and computes from outside the checkout. Slow-marked: it
+compiles the extension once more (about 30 s on 2 cores)."""
+
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import crm_kernels
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMOKE = """
+import torch, crm_kernels, crm_kernels._C
+from crm_kernels import reference
+print(crm_kernels.__file__)
+print(crm_kernels.__version__)
+print(crm_kernels.available_backends("cpu"))
+generator = torch.Generator().manual_seed(0)
+cu_steps = torch.tensor([0, 3, 3, 10])
+logits = torch.randn(10, generator=generator, dtype=torch.float64, requires_grad=True)
+outcome, first_error = torch.tensor([0, 1, 0]), torch.tensor([-1, -1, 4])
+loss = crm_kernels.crm_loss(logits, cu_steps, outcome, first_error, backend="cpu")
+expected = reference.crm_loss_loop(logits, cu_steps, outcome, first_error)
+torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+loss.backward()
+print("ok", float(loss))
+"""
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", str(wheels),
+                            str(ROOT)], capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert "Deprecat" not in build.stdout + build.stderr  # a clean build: no setuptools deprecation box
+    (wheel,) = wheels.glob("crm_kernels-*.whl")
+    assert wheel.name.startswith(f"crm_kernels-{crm_kernels.__version__}-")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(re.fullmatch(r"crm_kernels/_C\..*\.so", name) for name in names), names
+    assert "crm_kernels/triton/crm_loss.py" in names and "crm_kernels/integrations/verl.py" in names
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    print(f"wheel {wheel.name}: {wheel.stat().st_size / 2**20:.2f} MiB")
+
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # A user's environment: the tests' TRITON_INTERPRET=1 would list the interpreter as a CPU backend.
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "PYTHONPATH": str(target)}
+    smoke = subprocess.run([sys.executable, "-c", SMOKE], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert smoke.returncode == 0, smoke.stderr[-3000:]
+    where, version, backends, result = smoke.stdout.strip().splitlines()[-4:]
+    assert where.startswith(str(target)), where  # the installed copy, not the checkout
+    assert version == crm_kernels.__version__
+    assert backends == "['cpu', 'torch']"
+    assert result.startswith("ok ")
