@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench build asan gpu-check clean
+.PHONY: test bench build docs asan gpu-check clean
 
 $(STAMP): requirements-dev.txt requirements-trainers.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ $(EDITABLE): $(STAMP) setup.py pyproject.toml
 build: $(EDITABLE)
 	$(PY) setup.py --quiet build_ext --inplace
 
+# The documentation site (mkdocs.yml) into site/; strict: any warning fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --quiet --strict
+
+# The docs build comes first: it is part of what the test command checks.
 # The slow-marked tests (TRL GRPOTrainer end to end, 2-process DDP) run after the rest, one at a
 # time: they start processes and threads of their own.
-test: build
+test: build docs
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 	$(PY) -m pytest -q -m slow tests
 
@@ -53,4 +58,4 @@ asan: $(STAMP)
 		$(abspath $(PY)) $(abspath tests/sanitize/fuzz_out_of_bounds.py)
 
 clean:
-	rm -rf build crm_kernels/*.so $(VENV)
+	rm -rf build site bench_out crm_kernels/*.so $(VENV)

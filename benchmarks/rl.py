@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -31,6 +30,7 @@ from collections import defaultdict
 import torch
 
 from benchmarks import report
+from benchmarks.run import device_description
 from crm_kernels import rl
 from crm_kernels.data import cu_steps_from_lengths
 from crm_kernels.segment import segment_sum
@@ -201,20 +201,33 @@ def main(argv=None):
     parser.add_argument("--save", action="store_true", help="write to benchmarks/results/ (default: bench_out/)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    name = device_description(device)
     bandwidth = copy_bandwidth(device, args.repeats)
     rows = [*rollouts(device, args.repeats), long_gae(device, args.repeats)]
-    print(f"device: {name}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     for row in rows:
         row["floor_s"] = row["floor_bytes"] / bandwidth
-        print(f"{row['workload']}\n    ours {row['ours_s'] * 1e3:9.1f} ms   loops {row['loops_s'] * 1e3:9.1f} ms   "
-              f"{row['loops_s'] / row['ours_s']:5.1f}x{'?' if row['noisy'] else ' '} faster   floor {row['floor_s'] * 1e3:7.1f} ms "
-              f"(floor / ours = {row['floor_s'] / row['ours_s']:.0%})")  # fmt: skip
+    result = {"device": name, "torch": torch.__version__, "copy_bandwidth_Bps": bandwidth,
+              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "rows": rows}  # fmt: skip
+    table = markdown(result)
+    print(table)
     out = report.output_dir(args.save) / f"rl_{device.type}.json"
-    with open(out, "w") as f:
-        json.dump({"device": name, "torch": torch.__version__, "copy_bandwidth_Bps": bandwidth, "date": datetime.datetime.now(datetime.UTC).isoformat(),
-                   "rows": rows}, f, indent=1)  # fmt: skip
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.save:
+        report.replace_section(report.ROOT / "README.md", f"bench:rl_{device.type}", table)
     return rows
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Device: {result['device']}; torch {result['torch']}; {result['date']}; copy bandwidth "
+             f"{result['copy_bandwidth_Bps'] / 1e9:.1f} GB/s; floor = bytes that must move / that bandwidth.",
+             "", "| workload | ours | trainers' loops | speed-up | floor | floor / ours |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in result["rows"]:
+        mark = "?" if row["noisy"] else ""
+        lines.append(f"| {row['workload']} | {row['ours_s'] * 1e3:,.1f} ms | {row['loops_s'] * 1e3:,.1f} ms | "
+                     f"{row['loops_s'] / row['ours_s']:.1f}x{mark} | {row['floor_s'] * 1e3:,.1f} ms | "
+                     f"{row['floor_s'] / row['ours_s']:.0%} |")  # fmt: skip
+    lines += ["", f"A speed-up marked ? had a timing spread over {report.NOISY_SPREAD}x (max / min): rerun before trusting it."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     loss = crm_kernels.crm_loss(logits, cu_steps, outcome, first_error)   # SPEC 3
     log_s = crm_kernels.log_survival(logits, cu_steps)                      # SPEC 1
 
-The contract every backend meets is SPEC.md; `crm_kernels.reference` is its eager form.
+The contract every backend meets is docs/spec.md ("SPEC n" is its section n); `crm_kernels.reference` is its eager form.
 On top of the ops: `ConditionalRewardModel` (a transformers wrapper, `modeling`), `data` (PRM
 formats -> packed tensors), `scoring` (Best-of-N, aggregations, beam prefix scores) and `segment`
 (the segmented primitives they share), `rl` (rewards, returns and advantages in trainers' layouts),

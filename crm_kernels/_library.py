@@ -3,8 +3,11 @@ one fake (meta) implementation. Backends are implementations behind these schema
 `backend` argument, so autograd, torch.compile (no graph breaks: the op is opaque to Dynamo) and
 opcheck see one op whatever runs inside.
 
-Why `custom_op` (and not `triton_op` or an `autograd.Function`): see ../shared/DESIGN.md. Value
-validation (SPEC 5) runs inside the op when `validate` is true, so it happens before any kernel
+Why `custom_op`: with `register_fake` and `register_autograd` (the backward itself a custom op) it
+passes all four opcheck tests and torch.compile(fullgraph=True) with aot_eager and inductor, a
+Triton kernel launched inside. `triton_op` fails opcheck's fake-tensor test under the interpreter,
+and an `autograd.Function` launching Triton directly breaks torch.compile (Dynamo cannot trace
+`data_ptr`). Value validation (SPEC 5) runs inside the op when `validate` is true, so it happens before any kernel
 and costs no graph break under torch.compile.
 """
 

@@ -57,7 +57,7 @@ def cu_steps_from_lengths(lengths, dtype: torch.dtype = torch.int64) -> Tensor:
     return offsets
 
 
-def find_step_ends(input_ids: Tensor, attention_mask: Tensor | None, step_token_ids) -> tuple[Tensor, Tensor]:
+def find_step_ends(input_ids: Tensor, attention_mask: Tensor | None, step_token_ids: int | Sequence[int]) -> tuple[Tensor, Tensor]:
     """Step tags in a padded batch.
 
     Args:
@@ -83,7 +83,7 @@ def find_step_ends(input_ids: Tensor, attention_mask: Tensor | None, step_token_
     return cu_steps_from_lengths(is_tag.sum(1)), step_positions
 
 
-def find_step_ends_packed(input_ids: Tensor, cu_seq_lens: Tensor, step_token_ids) -> tuple[Tensor, Tensor]:
+def find_step_ends_packed(input_ids: Tensor, cu_seq_lens: Tensor, step_token_ids: int | Sequence[int]) -> tuple[Tensor, Tensor]:
     """Step tags in sequences packed into one row (HF `DataCollatorWithFlattening`).
 
     Args:

@@ -98,12 +98,14 @@ class ConditionalRewardModel(nn.Module):
         backbone: a PreTrainedModel whose base model returns `last_hidden_state`.
         step_token_id: the id of the step tag (or a list of ids, any of which ends a step).
         head: "value" (float32 Linear on the hidden state) or "tokens" (two LM-head rows).
-        good_token_id, bad_token_id: the two tokens of the "tokens" head.
+        good_token_id: the "tokens" head's token for a correct step.
+        bad_token_id: the "tokens" head's token for a wrong step (the hazard logit is
+            bad minus good).
         allow_bidirectional: accept a backbone whose hidden states see later tokens (an encoder);
             its hazards then depend on later steps, which beam search and SPEC 1 do not allow.
     """
 
-    def __init__(self, backbone, step_token_id, *, head: str = "value", good_token_id: int | None = None,
+    def __init__(self, backbone: nn.Module, step_token_id: int | list[int], *, head: str = "value", good_token_id: int | None = None,
                  bad_token_id: int | None = None, allow_bidirectional: bool = False):  # fmt: skip
         super().__init__()
         if head not in HEADS:

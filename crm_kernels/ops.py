@@ -52,7 +52,7 @@ def crm_loss(
     outcome: Tensor,
     first_error: Tensor | None = None,
     *,
-    weights=(1.0, 1.0, 1.0),
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool = True,
@@ -65,7 +65,8 @@ def crm_loss(
     (L_z = -log p(z)).
 
     Args:
-        logits, cu_steps, validate, backend: as in `log_survival`.
+        logits: as in `log_survival`.
+        cu_steps: as in `log_survival`.
         outcome: [B] bool or 0/1 integers, 1 for a trajectory that reached the correct answer.
         first_error: optional [B] int32/int64, 0-based first wrong step of flawed trajectories, -1
             where unknown (and on every correct trajectory).
@@ -75,6 +76,8 @@ def crm_loss(
         normalizer: divide the summed loss by this (> 0) instead of B. Data-parallel ranks pass the
             global number of trajectories so that their gradients add up to the single-process
             mean. A tensor's value is checked unless validate=False or under torch.compile.
+        validate: as in `log_survival`.
+        backend: as in `log_survival`.
 
     Returns:
         A float32 scalar (float64 for float64 logits), or [B] for reduction="none".

@@ -3,7 +3,7 @@ benchmarks.run's table marks untrusted ratios; the run itself is `make bench`, n
 
 import pytest
 
-from benchmarks import report, run
+from benchmarks import report, rl, run
 
 
 def test_results_go_to_an_untracked_folder_unless_saved():
@@ -48,3 +48,17 @@ def test_table_marks_ratios_of_noisy_rows():
     ours = next(line for line in table.splitlines() if "crm_kernels[cpu]" in line)
     assert "| 10.0x? | 5.0x |" in ours  # the padded baseline was noisy, the compiled one was not
     assert "0.020 s over `import torch`" in table
+
+
+@pytest.mark.parametrize("section, results, render", [
+    ("bench:cpu", "cpu.json", run.markdown_table),
+    ("bench:rl_cpu", "rl_cpu.json", rl.markdown),
+])  # fmt: skip
+def test_readme_tables_are_the_saved_results(section, results, render):
+    """The README's benchmark tables are what `make bench BENCH_ARGS=--save` wrote, not figures
+    typed by hand or left from an older run."""
+    import json
+
+    result = json.loads((report.RESULTS / results).read_text())
+    assert report.read_section(report.ROOT / "README.md", section) == render(result).rstrip("\n")
+    assert (report.RESULTS / "cpu.md").read_text() == run.markdown_table(json.loads((report.RESULTS / "cpu.json").read_text())) + "\n"

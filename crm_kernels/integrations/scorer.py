@@ -14,13 +14,18 @@ from __future__ import annotations
 import bisect
 import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
 from .. import rl, scoring, segment
 from ..data import PRMExample, collate, encode
+
+if TYPE_CHECKING:  # annotations only: the scorer takes any tokenizer-like object
+    from transformers import PreTrainedTokenizerBase
+
+    from ..modeling import ConditionalRewardModel
 
 #: What a trajectory score can be: the CRM's own log S(T) or S(T); "min_reward", the lowest step
 #: reward min_t log(1 - h_t) (PURE's min-form return of the first step, 0 without steps); or a
@@ -172,7 +177,7 @@ class CRMScorer:
         batch_size: trajectories per forward pass.
     """
 
-    def __init__(self, model, tokenizer, step_tag: str, step_separator: str = "\n\n", batch_size: int = 32):
+    def __init__(self, model: ConditionalRewardModel, tokenizer: PreTrainedTokenizerBase, step_tag: str, step_separator: str = "\n\n", batch_size: int = 32):
         if not isinstance(step_separator, str) or not step_separator:
             raise ValueError(f"step_separator must be a non-empty string, got {step_separator!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

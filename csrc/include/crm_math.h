@@ -1,4 +1,4 @@
-// The math of SPEC.md sections 1, 3 and 4, in one place for every compiled backend.
+// The math of docs/spec.md (SPEC) sections 1, 3 and 4, in one place for every compiled backend.
 //
 // Each formula is a template over a value type T. Math<T> supplies the primitives (exp, log1p,
 // ..., and select(mask, a, b) for the branches, so that SIMD lanes can take different ones):
