@@ -56,6 +56,9 @@ def extensions():
     if os.environ.get("CRM_KERNELS_SANITIZE") == "address":  # make asan
         compile_args["cxx"] += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-O1"]
         link_args.append("-fsanitize=address")
+    else:
+        # No debug info in the shipped library (torch's flags add -g): 10 MB -> about 1 MB.
+        compile_args["cxx"].append("-g0")
     extension = CppExtension
     if build_cuda():
         # Ampere and Hopper; TORCH_CUDA_ARCH_LIST set by the user wins.
