@@ -1,12 +1,24 @@
 """Builds crm_kernels._C: the C++ CPU kernels (always) and the CUDA kernels (when a CUDA build of
-torch and nvcc are present, for sm_80 and sm_90). Importing crm_kernels never requires the extension: without it the
-"torch" and "triton" backends still work and `available_backends()` says what is missing."""
+torch and the CUDA toolkit are present, for sm_80 and sm_90). Importing crm_kernels never requires
+the extension: without it the "torch" and "triton" backends still work and `available_backends()`
+says what is missing.
+
+The extension is compiled against the torch it will run with, so the build uses the installed
+torch: `pip install --no-build-isolation .`. torch is deliberately not a build requirement in
+pyproject.toml: an isolated build would download a torch of its own (a multi-GB CUDA wheel) and
+compile against it; instead it stops here and says what to run."""
 
 import os
 import platform
+import sys
 from pathlib import Path
 
-import torch
+try:
+    import torch
+except ImportError:
+    sys.exit("crm_kernels builds against the torch installed in your environment, and this build "
+             "environment has none: install torch first, then run `pip install --no-build-isolation .` "
+             "(README, Installation).")  # fmt: skip
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 

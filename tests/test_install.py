@@ -106,3 +106,14 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert install.returncode == 0, install.stderr[-3000:]
     smoke_from_elsewhere(target, tmp_path)
+
+
+@pytest.mark.slow
+def test_isolated_build_says_what_to_run(tmp_path):
+    """Plain `pip install .` builds in isolation, where the user's torch is absent: it must stop
+    with the command to run, not download a torch of its own and compile against that."""
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode != 0
+    assert "pip install --no-build-isolation ." in done.stdout + done.stderr
+    assert not list(tmp_path.glob("*.whl"))
