@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ._backends import kernels
 from ._validate import check_values
-from .reference import accumulate_dtype
+from ._numerics import accumulate_dtype
 
 
 # ---- log_survival ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._backends import available_backends
-from .reference import REDUCTIONS
+from ._numerics import REDUCTIONS
 
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 OFFSET_DTYPES = (torch.int32, torch.int64)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from . import _library, reference
 from ._backends import resolve
+from ._numerics import reduce_losses
 from ._validate import (
     check_cu_steps,
     check_first_error,
@@ -94,7 +95,7 @@ def crm_loss(
             check_values(logits, cu_steps, outcome, first_error)
         return reference.crm_loss_padded(logits, cu_steps, outcome, first_error, weights, reduction, normalizer)
     losses, _ = _library.crm_loss(logits, cu_steps, outcome, first_error, *weights, backend, validate)
-    return reference.reduce_losses(losses, reduction, normalizer)
+    return reduce_losses(losses, reduction, normalizer)
 
 
 class CRMLoss(torch.nn.Module):

@@ -17,15 +17,7 @@ import math
 
 import torch
 
-MAX_LOG_SURVIVAL = -1.17549435e-38  # float32's smallest normal (SPEC 4)
-REDUCTIONS = ("mean", "sum", "none")
-
-
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Scans and losses accumulate in float32, float64 for float64 logits (SPEC 4); every backend
-    allocates its outputs with this."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
+from ._numerics import MAX_LOG_SURVIVAL, accumulate_dtype, reduce_losses
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
     """log(1 + e^x) without F.softplus's switch to x above 20, which is off by e^-20 (2e-9), far
@@ -58,21 +50,6 @@ def combine_losses(survive_nll, first_error_nll, outcome, first_error, weights):
     if first_error is not None:
         flawed = flawed + torch.where(first_error >= 0, w_first_error * first_error_nll, 0.0)
     return torch.where(outcome.bool(), w_survive * survive_nll, flawed)
-
-
-def reduce_losses(losses: torch.Tensor, reduction: str, normalizer=None) -> torch.Tensor:
-    """"none": the [B] vector; "sum"; "mean": the sum over B, or over `normalizer` when given
-    (data-parallel ranks pass the global count so that their sums add up to the global mean).
-
-    The sum runs left to right in float64 (a cumulative sum), so it has the same bits for any
-    number of threads: torch.sum splits a CPU reduction by thread, and its float32 result moved
-    by a few ulps between 1 and 2 threads. A batch without trajectories has mean 0, not 0 / 0."""
-    if reduction == "none":
-        return losses
-    total = losses.to(torch.float64).cumsum(0)[-1].to(losses.dtype) if losses.numel() else losses.sum()
-    if normalizer is not None:
-        return total / normalizer
-    return total if reduction == "sum" else total / max(losses.numel(), 1)
 
 
 # ---- padded / masked -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import ops, reference
 from ._validate import check_cu_steps, check_logits
-from .reference import accumulate_dtype
+from ._numerics import accumulate_dtype
 from .segment import (
     check_segments,
     lengths,

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ._backends import has_cpu_scans, is_available
 from ._validate import check_offset_values, check_offsets
-from .reference import accumulate_dtype
+from ._numerics import accumulate_dtype
 
 
 def check_segments(values, offsets, validate: bool = True, *, values_name="values", offsets_name="offsets") -> int:

@@ -9,10 +9,12 @@ return 0 and turn L_W = -log(1 - S) of a nearly-sure trajectory into 87 instead 
 import triton
 import triton.language as tl
 
+from .. import _numerics
+
 # Module-level values read inside @triton.jit functions must be tl.constexpr: the compiler
 # refuses plain Python globals (the interpreter does not, which is how a NameError reached GPUs).
 # Clamp of log S(T) before L_W (SPEC 4): float32's smallest normal, for every dtype.
-MAX_LOG_SURVIVAL = tl.constexpr(-1.17549435e-38)
+MAX_LOG_SURVIVAL = tl.constexpr(_numerics.MAX_LOG_SURVIVAL)
 NEG_LN2 = tl.constexpr(-0.6931471805599453)
 
 

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import accumulate_dtype
+from .._numerics import accumulate_dtype
 from . import _math
 from ._segments import (
     BLOCK_STEPS,

@@ -151,14 +151,12 @@ std::tuple<at::Tensor, at::Tensor> crm_loss_forward(const at::Tensor& logits, co
   const LossInputs in(logits, cu_steps, outcome, first_error);
   at::Tensor losses = at::empty({in.batch}, in.accumulate_options());
   at::Tensor log_survival_total = at::empty({in.batch}, in.accumulate_options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "crm_loss_forward", [&] {
-    AT_DISPATCH_INDEX_TYPES(in.cu_steps.scalar_type(), "crm_loss_forward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      crm_loss_forward_kernel<scalar_t, index_t>(
-          in.logits.const_data_ptr<scalar_t>(), in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
-          Labels{in.labels.correct_ptr(), in.labels.first_error_ptr()}, LossWeights{w_survive, w_wrong, w_first_error},
-          losses.mutable_data_ptr<acc_t>(), log_survival_total.mutable_data_ptr<acc_t>());
-    });
+  CRM_DISPATCH_LOGITS_AND_OFFSETS(in.logits, in.cu_steps, "crm_loss_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    crm_loss_forward_kernel<scalar_t, index_t>(
+        in.logits.const_data_ptr<scalar_t>(), in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
+        Labels{in.labels.correct_ptr(), in.labels.first_error_ptr()}, LossWeights{w_survive, w_wrong, w_first_error},
+        losses.mutable_data_ptr<acc_t>(), log_survival_total.mutable_data_ptr<acc_t>());
   });
   return {losses, log_survival_total};
 }
@@ -171,15 +169,13 @@ at::Tensor crm_loss_backward(const at::Tensor& grad_losses_in, const at::Tensor&
   const at::Tensor grad_losses = in.per_trajectory(grad_losses_in, "grad_losses");
   const at::Tensor log_survival_total = in.per_trajectory(log_survival_total_in, "log_survival_total");
   at::Tensor grad_logits = at::empty_like(in.logits);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "crm_loss_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(in.cu_steps.scalar_type(), "crm_loss_backward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      crm_loss_backward_kernel<scalar_t, index_t>(
-          grad_losses.const_data_ptr<acc_t>(), in.logits.const_data_ptr<scalar_t>(),
-          in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
-          Labels{in.labels.correct_ptr(), in.labels.first_error_ptr()}, log_survival_total.const_data_ptr<acc_t>(),
-          LossWeights{w_survive, w_wrong, w_first_error}, grad_logits.mutable_data_ptr<scalar_t>());
-    });
+  CRM_DISPATCH_LOGITS_AND_OFFSETS(in.logits, in.cu_steps, "crm_loss_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    crm_loss_backward_kernel<scalar_t, index_t>(
+        grad_losses.const_data_ptr<acc_t>(), in.logits.const_data_ptr<scalar_t>(),
+        in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
+        Labels{in.labels.correct_ptr(), in.labels.first_error_ptr()}, log_survival_total.const_data_ptr<acc_t>(),
+        LossWeights{w_survive, w_wrong, w_first_error}, grad_logits.mutable_data_ptr<scalar_t>());
   });
   return grad_logits;
 }

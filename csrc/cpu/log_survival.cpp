@@ -74,12 +74,10 @@ void log_survival_backward_kernel(const at::opmath_type<scalar_t>* grad_log_surv
 at::Tensor log_survival_forward(const at::Tensor& logits_in, const at::Tensor& cu_steps_in) {
   const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
   at::Tensor log_survival = at::empty(logits.sizes(), logits.options().dtype(accumulate_type(logits)));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "log_survival_forward", [&] {
-    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "log_survival_forward", [&] {
-      log_survival_forward_kernel<scalar_t, index_t>(logits.const_data_ptr<scalar_t>(), cu_steps.const_data_ptr<index_t>(),
-                                                     num_trajectories(cu_steps), logits.numel(),
-                                                     log_survival.mutable_data_ptr<at::opmath_type<scalar_t>>());
-    });
+  CRM_DISPATCH_LOGITS_AND_OFFSETS(logits, cu_steps, "log_survival_forward", [&] {
+    log_survival_forward_kernel<scalar_t, index_t>(logits.const_data_ptr<scalar_t>(), cu_steps.const_data_ptr<index_t>(),
+                                                   num_trajectories(cu_steps), logits.numel(),
+                                                   log_survival.mutable_data_ptr<at::opmath_type<scalar_t>>());
   });
   return log_survival;
 }
@@ -88,13 +86,11 @@ at::Tensor log_survival_backward(const at::Tensor& grad_in, const at::Tensor& lo
   const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
   const at::Tensor grad_log_survival = grad_in.to(accumulate_type(logits)).contiguous();
   at::Tensor grad_logits = at::empty_like(logits);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "log_survival_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "log_survival_backward", [&] {
-      log_survival_backward_kernel<scalar_t, index_t>(
-          grad_log_survival.const_data_ptr<at::opmath_type<scalar_t>>(), logits.const_data_ptr<scalar_t>(),
-          cu_steps.const_data_ptr<index_t>(), num_trajectories(cu_steps), logits.numel(),
-          grad_logits.mutable_data_ptr<scalar_t>());
-    });
+  CRM_DISPATCH_LOGITS_AND_OFFSETS(logits, cu_steps, "log_survival_backward", [&] {
+    log_survival_backward_kernel<scalar_t, index_t>(
+        grad_log_survival.const_data_ptr<at::opmath_type<scalar_t>>(), logits.const_data_ptr<scalar_t>(),
+        cu_steps.const_data_ptr<index_t>(), num_trajectories(cu_steps), logits.numel(),
+        grad_logits.mutable_data_ptr<scalar_t>());
   });
   return grad_logits;
 }

@@ -59,14 +59,12 @@ at::Tensor log_survival_forward_op(const at::Tensor& logits_in, const at::Tensor
   const at::Tensor logits = logits_in.contiguous(), cu_steps = cu_steps_in.contiguous();
   at::Tensor log_survival = at::empty(logits.sizes(), logits.options().dtype(accumulate_type(logits)));
   at::Tensor scratch = workspace(logits, log_survival_workspace_bytes(logits.numel(), logits.scalar_type() == at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "log_survival_forward", [&] {
-    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "log_survival_forward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      check(log_survival_forward(native<scalar_t>(logits), cu_steps.const_data_ptr<index_t>(),
-                                            num_trajectories(cu_steps), logits.numel(),
-                                            log_survival.mutable_data_ptr<acc_t>(), scratch.mutable_data_ptr(),
-                                            current_stream(logits)));
-    });
+  CRM_DISPATCH_LOGITS_AND_OFFSETS(logits, cu_steps, "log_survival_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    check(log_survival_forward(native<scalar_t>(logits), cu_steps.const_data_ptr<index_t>(),
+                                          num_trajectories(cu_steps), logits.numel(),
+                                          log_survival.mutable_data_ptr<acc_t>(), scratch.mutable_data_ptr(),
+                                          current_stream(logits)));
   });
   return log_survival;
 }
@@ -77,14 +75,12 @@ at::Tensor log_survival_backward_op(const at::Tensor& grad_in, const at::Tensor&
   const at::Tensor grad_log_survival = grad_in.to(accumulate_type(logits)).contiguous();
   at::Tensor grad_logits = at::empty_like(logits);
   at::Tensor scratch = workspace(logits, log_survival_workspace_bytes(logits.numel(), logits.scalar_type() == at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "log_survival_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(cu_steps.scalar_type(), "log_survival_backward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      check(log_survival_backward(grad_log_survival.const_data_ptr<acc_t>(), native<scalar_t>(logits),
-                                             cu_steps.const_data_ptr<index_t>(), num_trajectories(cu_steps),
-                                             logits.numel(), native_mut<scalar_t>(grad_logits),
-                                             scratch.mutable_data_ptr(), current_stream(logits)));
-    });
+  CRM_DISPATCH_LOGITS_AND_OFFSETS(logits, cu_steps, "log_survival_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    check(log_survival_backward(grad_log_survival.const_data_ptr<acc_t>(), native<scalar_t>(logits),
+                                           cu_steps.const_data_ptr<index_t>(), num_trajectories(cu_steps),
+                                           logits.numel(), native_mut<scalar_t>(grad_logits),
+                                           scratch.mutable_data_ptr(), current_stream(logits)));
   });
   return grad_logits;
 }
@@ -100,15 +96,13 @@ std::tuple<at::Tensor, at::Tensor> crm_loss_forward_op(const at::Tensor& logits,
   at::Tensor log_survival_total = at::zeros({in.batch}, in.accumulate_options());
   at::Tensor scratch =
       workspace(in.logits, crm_loss_workspace_bytes(in.logits.numel(), in.logits.scalar_type() == at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "crm_loss_forward", [&] {
-    AT_DISPATCH_INDEX_TYPES(in.cu_steps.scalar_type(), "crm_loss_forward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      check(crm_loss_forward(native<scalar_t>(in.logits), in.cu_steps.const_data_ptr<index_t>(), in.batch,
-                             in.logits.numel(), in.labels.correct_ptr(), in.labels.first_error_ptr(),
-                             LossWeights{w_survive, w_wrong, w_first_error}, losses.mutable_data_ptr<acc_t>(),
-                             log_survival_total.mutable_data_ptr<acc_t>(), scratch.mutable_data_ptr(),
-                             current_stream(in.logits)));
-    });
+  CRM_DISPATCH_LOGITS_AND_OFFSETS(in.logits, in.cu_steps, "crm_loss_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    check(crm_loss_forward(native<scalar_t>(in.logits), in.cu_steps.const_data_ptr<index_t>(), in.batch,
+                           in.logits.numel(), in.labels.correct_ptr(), in.labels.first_error_ptr(),
+                           LossWeights{w_survive, w_wrong, w_first_error}, losses.mutable_data_ptr<acc_t>(),
+                           log_survival_total.mutable_data_ptr<acc_t>(), scratch.mutable_data_ptr(),
+                           current_stream(in.logits)));
   });
   return {losses, log_survival_total};
 }
@@ -122,15 +116,13 @@ at::Tensor crm_loss_backward_op(const at::Tensor& grad_losses_in, const at::Tens
   const at::Tensor grad_losses = in.per_trajectory(grad_losses_in, "grad_losses");
   const at::Tensor log_survival_total = in.per_trajectory(log_survival_total_in, "log_survival_total");
   at::Tensor grad_logits = at::empty_like(in.logits);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "crm_loss_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(in.cu_steps.scalar_type(), "crm_loss_backward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      check(crm_loss_backward(grad_losses.const_data_ptr<acc_t>(), native<scalar_t>(in.logits),
-                              in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
-                              in.labels.correct_ptr(), in.labels.first_error_ptr(),
-                              log_survival_total.const_data_ptr<acc_t>(), LossWeights{w_survive, w_wrong, w_first_error},
-                              native_mut<scalar_t>(grad_logits), current_stream(in.logits)));
-    });
+  CRM_DISPATCH_LOGITS_AND_OFFSETS(in.logits, in.cu_steps, "crm_loss_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    check(crm_loss_backward(grad_losses.const_data_ptr<acc_t>(), native<scalar_t>(in.logits),
+                            in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
+                            in.labels.correct_ptr(), in.labels.first_error_ptr(),
+                            log_survival_total.const_data_ptr<acc_t>(), LossWeights{w_survive, w_wrong, w_first_error},
+                            native_mut<scalar_t>(grad_logits), current_stream(in.logits)));
   });
   return grad_logits;
 }

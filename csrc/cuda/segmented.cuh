@@ -137,21 +137,6 @@ __global__ void chunk_carries_kernel(const P* summaries, P* carries, int64_t num
   }
 }
 
-}  // namespace crm::cuda
-
-namespace crm::cuda {
-
-template <typename scalar_t>
-struct Accumulate {
-  using type = float;  // float16, bfloat16, float32 accumulate in float32 (SPEC 4)
-};
-template <>
-struct Accumulate<double> {
-  using type = double;
-};
-template <typename scalar_t>
-using acc_type = typename Accumulate<scalar_t>::type;
-
 // Replaces each of a thread's items by its running sum within its trajectory, block-wide, starting
 // from `initial` (the carry into this chunk). `block_total` receives the chunk's summary.
 template <typename P>

@@ -1,10 +1,18 @@
 // Tensor plumbing shared by the CPU and CUDA op registrations (not by the kernels themselves).
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <optional>
+
+// Runs the lambda with scalar_t = the logits' dtype (half, bfloat16, float, double) and index_t =
+// the offsets' (int32, int64): the one dispatch of every CPU and CUDA op wrapper.
+#define CRM_DISPATCH_LOGITS_AND_OFFSETS(logits, offsets, name, ...)                                 \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, (logits).scalar_type(), name, [&] { \
+    AT_DISPATCH_INDEX_TYPES((offsets).scalar_type(), name, __VA_ARGS__);                         \
+  })
 
 namespace crm {
 

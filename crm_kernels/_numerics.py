@@ -1,0 +1,31 @@
+"""The numeric policy every backend follows (SPEC 4), in one place: the accumulation dtype, the
+clamp of log S(T), and how per-trajectory losses are reduced. The kernels, the torch.library fakes
+and the eager reference all take these from here; `crm_kernels.reference` is the oracle only."""
+
+from __future__ import annotations
+
+import torch
+
+MAX_LOG_SURVIVAL = -1.17549435e-38  # float32's smallest normal (SPEC 4)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scans and losses accumulate in float32, float64 for float64 logits (SPEC 4); every backend
+    allocates its outputs with this."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def reduce_losses(losses: torch.Tensor, reduction: str, normalizer=None) -> torch.Tensor:
+    """"none": the [B] vector; "sum"; "mean": the sum over B, or over `normalizer` when given
+    (data-parallel ranks pass the global count so that their sums add up to the global mean).
+
+    The sum runs left to right in float64 (a cumulative sum), so it has the same bits for any
+    number of threads: torch.sum splits a CPU reduction by thread, and its float32 result moved
+    by a few ulps between 1 and 2 threads. A batch without trajectories has mean 0, not 0 / 0."""
+    if reduction == "none":
+        return losses
+    total = losses.to(torch.float64).cumsum(0)[-1].to(losses.dtype) if losses.numel() else losses.sum()
+    if normalizer is not None:
+        return total / normalizer
+    return total if reduction == "sum" else total / max(losses.numel(), 1)
