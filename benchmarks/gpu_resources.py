@@ -74,17 +74,17 @@ def recording_launches():
 
     launches: list[Launch] = []
     current = {"call": ""}
-    saved = (jit.KernelInterface.__getitem__, _backends._triton_runs_on, segment.scan_backend, rl.scan_backend)
+    saved = (jit.KernelInterface.__getitem__, _backends._triton_runs_on, _backends.scan_backend)
     jit.KernelInterface.__getitem__ = lambda kernel, grid: lambda *args, **kwargs: launches.append(
         Launch(kernel, args, kwargs, current["call"])
     )
     _backends._triton_runs_on = lambda device: True
-    segment.scan_backend = rl.scan_backend = lambda *tensors: "triton"
+    _backends.scan_backend = lambda *tensors: "triton"
     _backends._AVAILABLE_ON.clear()
     try:
         yield launches, current
     finally:
-        jit.KernelInterface.__getitem__, _backends._triton_runs_on, segment.scan_backend, rl.scan_backend = saved
+        jit.KernelInterface.__getitem__, _backends._triton_runs_on, _backends.scan_backend = saved
         _backends._AVAILABLE_ON.clear()
 
 

@@ -1,4 +1,6 @@
-"""Which implementation runs an op: the registry, availability, and "auto".
+"""Which implementation runs: the registry for the ops (availability, "auto") and for the scans
+of `segment` and `rl` (a one-pass kernel where one serves the tensors). No layer above this one
+names a kernel.
 
 - "torch":  the eager reference (crm_kernels.reference), any device; autograd through torch.
 - "cpu":    the C++ kernels of csrc/cpu, CPU tensors; needs the built extension crm_kernels._C.
@@ -7,7 +9,7 @@
 - "cuda":   the CUDA kernels of csrc/cuda, CUDA tensors; needs the extension built with CUDA.
 
 Each compiled backend provides the same four functions (log_survival_forward/backward,
-crm_loss_forward/backward); crm_kernels._library calls them from the torch.library ops.
+crm_loss_forward/backward); the torch.library ops of crm_kernels/ops/ call them.
 """
 
 from __future__ import annotations
@@ -137,3 +139,49 @@ def kernels(backend: str):
 
         return triton_kernels
     return _CompiledKernels()
+
+
+# ---- the scans of segment.py and rl.py ---------------------------------------------------------
+# One-pass kernels: csrc/cpu/scan.cpp on CPU tensors (one thread per segment, sums in float64),
+# the Triton linear scan on GPUs. None of them is differentiable, and Dynamo cannot trace the
+# availability checks, so gradients and torch.compile take the callers' doubling scans (None here).
+
+
+def scan_backend(*tensors: torch.Tensor) -> str | None:
+    """Which one-pass scan kernel takes these tensors: "cpu", "triton", or None."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return None
+    devices = {t.device.type for t in tensors}
+    if devices == {"cpu"} and has_cpu_scans():
+        return "cpu"
+    if devices == {"cuda"} and is_available("triton", tensors[0].device):
+        return "triton"
+    return None
+
+
+def linear_scan(values: torch.Tensor, offsets: torch.Tensor, decay: float, reverse: bool) -> torch.Tensor | None:
+    """y_t = x_t + decay * y_{t -/+ 1} within each segment of floating `values`, or None."""
+    backend = scan_backend(values)
+    if backend == "cpu":
+        return torch.ops.crm_kernels_C.segment_linear_scan(values.contiguous(), offsets.long().contiguous(), decay, reverse)
+    if backend == "triton":
+        from crm_kernels.triton.scan import segment_linear_scan
+
+        return segment_linear_scan(values, offsets, decay, reverse)
+    return None
+
+
+def reverse_cummin(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor | None:
+    """y_t = min_{k >= t} x_k within each segment (C++ only), or None."""
+    if scan_backend(values) == "cpu":
+        return torch.ops.crm_kernels_C.segment_reverse_cummin(values.contiguous(), offsets.long().contiguous())
+    return None
+
+
+def masked_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+               lam: float) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """GAE over the masked tokens of each [B, L] row in one pass (C++ only), or None."""
+    if scan_backend(rewards, values, mask) == "cpu":
+        return torch.ops.crm_kernels_C.masked_gae(rewards.contiguous(), values.to(rewards.dtype).contiguous(),
+                                                  mask.bool().contiguous(), gamma, lam)  # fmt: skip
+    return None

@@ -22,13 +22,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import reference
+from . import _backends, reference
 from ._validate import check_cu_steps, check_logits
 from .segment import (
     _float,
     check_segments,
     lengths,
-    scan_backend,
     segment_gae,
     segment_ids,
     segment_mean,
@@ -144,10 +143,9 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
         raise ValueError(f"values and mask must have token_rewards' shape {tuple(token_rewards.shape)}")
     if token_rewards.dim() != 2:
         raise ValueError(f"token_rewards must be [B, L], got shape {tuple(token_rewards.shape)}")
-    if scan_backend(token_rewards, values, mask) == "cpu":
-        rewards = _float(token_rewards).contiguous()
-        return torch.ops.crm_kernels_C.masked_gae(rewards, values.to(rewards.dtype).contiguous(),
-                                                  mask.bool().contiguous(), float(gamma), float(lam))  # fmt: skip
+    in_one_pass = _backends.masked_gae(_float(token_rewards), values, mask, float(gamma), float(lam))
+    if in_one_pass is not None:
+        return in_one_pass
     if _is_prefix_mask(mask):
         return _gae_right_padded(_float(token_rewards), _float(values), mask.to(_float(token_rewards).dtype), gamma, lam)
     packed_rewards, offsets = packed_from_padded(token_rewards, mask)
@@ -169,18 +167,17 @@ def _is_prefix_mask(mask: Tensor) -> bool:
 
 def _gae_right_padded(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float):
     """GAE when each row's trajectory is a prefix: the zeros after it add nothing, so the reverse
-    discounted sum runs on whole rows: one Triton pass on GPUs, else doubling passes with shifted
+    discounted sum runs on whole rows: one pass where the registry has a scan kernel, else doubling passes with shifted
     slices (no gathers, no segment bookkeeping)."""
     next_values = torch.zeros_like(values)
     next_values[:, :-1] = (values * mask)[:, 1:]
     advantages = (rewards + gamma * next_values - values) * mask
     decay = float(gamma) * float(lam)
     rows, length = advantages.shape
-    if scan_backend(advantages) == "triton" and advantages.numel():
-        from .triton.scan import segment_linear_scan
-
+    if _backends.scan_backend(advantages) is not None and advantages.numel():
         row_offsets = torch.arange(0, rows * length + 1, length, device=advantages.device)
-        advantages = segment_linear_scan(advantages.reshape(-1), row_offsets, decay, reverse=True).view(rows, length)
+        scanned = _backends.linear_scan(advantages.reshape(-1), row_offsets, decay, reverse=True)
+        advantages = scanned.view(rows, length)
         return advantages, (advantages + values) * mask
     shift = 1
     while shift < length:

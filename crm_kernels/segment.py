@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backends import has_cpu_scans, is_available
+from . import _backends
 from ._validate import check_offset_values, check_offsets
 from ._numerics import accumulate_dtype
 
@@ -156,9 +156,10 @@ def segment_softmax(values: Tensor, offsets: Tensor, *, validate: bool = True) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Scans. With no gradient wanted they run in one pass: on CPU tensors in csrc/cpu/scan.cpp (one
-# thread per segment, sums carried in float64), and the linear ones on GPUs in Triton
-# (crm_kernels/triton/scan.py). Otherwise (gradients, tracing, the running minimum on GPUs) each
+# Scans. With no gradient wanted they run in one pass where the registry (_backends.linear_scan,
+# reverse_cummin) has a kernel for the tensors: on CPU tensors csrc/cpu/scan.cpp (one thread per
+# segment, sums carried in float64), the linear ones on GPUs Triton (crm_kernels/triton/scan.py).
+# Otherwise (gradients, tracing, the running minimum on GPUs) each
 # is a doubling (Hillis-Steele) scan: in pass k every value combines with the one 2^k places
 # before it (after it, for reverse scans) when that one is in the same segment. Work is
 # N log2(longest segment) with no Python loop over segments or values; additions happen in a
@@ -187,31 +188,12 @@ def _scan(values: Tensor, offsets: Tensor, combine, reverse: bool) -> Tensor:
     return result
 
 
-def scan_backend(*tensors: Tensor) -> str | None:
-    """Which one-pass scan takes these tensors: "cpu" (csrc/cpu/scan.cpp, the extension built),
-    "triton" (crm_kernels/triton/scan.py, on a GPU Triton runs on), or None for the doubling scans
-    above, which also serve gradients (the one-pass scans are not differentiable) and tracing."""
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
-        return None
-    devices = {t.device.type for t in tensors}
-    if devices == {"cpu"} and has_cpu_scans():
-        return "cpu"
-    if devices == {"cuda"} and is_available("triton", tensors[0].device):
-        return "triton"
-    return None
-
-
 def _linear_scan(values: Tensor, offsets: Tensor, decay: float, reverse: bool) -> Tensor:
-    """y_t = x_t + decay * y_{t -/+ 1} within each segment, by whichever scan serves the tensors:
-    C++ on CPUs, Triton on GPUs, the doubling scan otherwise (and for gradients)."""
-    backend = scan_backend(values)
-    if backend == "cpu":
-        kernels = torch.ops.crm_kernels_C
-        return kernels.segment_linear_scan(_float(values).contiguous(), offsets.long().contiguous(), decay, reverse)
-    if backend == "triton":
-        from .triton.scan import segment_linear_scan
-
-        return segment_linear_scan(_float(values), offsets, decay, reverse)
+    """y_t = x_t + decay * y_{t -/+ 1} within each segment: the one-pass kernel the registry picks
+    for these tensors, else the doubling scan (which also serves gradients and tracing)."""
+    scanned = _backends.linear_scan(_float(values), offsets, decay, reverse)
+    if scanned is not None:
+        return scanned
     return _scan(values, offsets, lambda own, other, shift: own + decay**shift * other, reverse=reverse)
 
 
@@ -231,8 +213,9 @@ def segment_reverse_discounted_sum(values: Tensor, offsets: Tensor, gamma: float
 def segment_reverse_cummin(values: Tensor, offsets: Tensor, *, validate: bool = True) -> Tensor:
     """[N] y_t = min_{k >= t} x_k within each segment (NaN propagates)."""
     check_segments(values, offsets, validate)
-    if scan_backend(values) == "cpu":
-        return torch.ops.crm_kernels_C.segment_reverse_cummin(_float(values).contiguous(), offsets.long().contiguous())
+    scanned = _backends.reverse_cummin(_float(values), offsets)
+    if scanned is not None:
+        return scanned
     return _scan(values, offsets, lambda own, other, shift: torch.minimum(own, other), reverse=True)
 
 

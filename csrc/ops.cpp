@@ -1,5 +1,5 @@
 // Schemas of the compiled kernels. These are private building blocks: the public, differentiable,
-// compile-friendly ops live in crm_kernels/_library.py (torch.ops.crm_kernels.*) and call these
+// compile-friendly ops live in crm_kernels/ops/ (torch.ops.crm_kernels._*) and call these
 // for backend="cpu" (and, on GPUs, backend="cuda"). Each backend adds its implementations with
 // TORCH_LIBRARY_IMPL in its own file under cpu/ or cuda/.
 #include <Python.h>

@@ -101,13 +101,13 @@ def test_gpu_compile_fullgraph(backend, seed):
 def test_gpu_rl_scans_match_cpu(seed):
     """rl.gae (right-padded and with holes) and returns_to_go on CUDA, through the Triton scan,
     against the CPU kernels."""
-    from crm_kernels import rl, segment
+    from crm_kernels import _backends, rl, segment
 
     generator = torch.Generator().manual_seed(seed)
     rewards, values = torch.randn(64, 3000, generator=generator), torch.randn(64, 3000, generator=generator)
     prefix = torch.arange(3000)[None, :] < torch.randint(0, 3001, (64, 1), generator=generator)
     holes = torch.rand(64, 3000, generator=generator) < 0.7
-    assert segment.scan_backend(rewards.cuda()) == "triton"
+    assert _backends.scan_backend(rewards.cuda()) == "triton"
     for mask in (prefix, holes):
         expected = rl.gae(rewards, values, mask, 0.99, 0.95)
         got = rl.gae(rewards.cuda(), values.cuda(), mask.cuda(), 0.99, 0.95)

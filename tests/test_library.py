@@ -21,10 +21,10 @@ def small_batch(seed, dtype=torch.float64):
 def test_opcheck(backend, dtype, seed):
     batch = small_batch(seed, dtype)
     logits = batch.logits.clone().requires_grad_()
-    torch.library.opcheck(torch.ops.crm_kernels.log_survival.default, (logits, batch.cu_steps, backend, True))
+    torch.library.opcheck(torch.ops.crm_kernels._log_survival.default, (logits, batch.cu_steps, backend, True))
     for first_error in (batch.first_error, None):
         torch.library.opcheck(
-            torch.ops.crm_kernels.crm_loss.default,
+            torch.ops.crm_kernels._crm_loss.default,
             (logits, batch.cu_steps, batch.outcome, first_error, 1.0, 0.5, 2.0, backend, True),
         )
 

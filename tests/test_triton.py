@@ -86,14 +86,13 @@ def test_linear_scan_carries_across_chunks(reverse, decay, dtype, seed):
 def test_gae_and_returns_route_through_the_triton_scan(monkeypatch, seed):
     """rl.gae's right-padded rows and rl.returns_to_go as they run on GPUs, with the dispatch
     forced onto the Triton scan (interpreted here)."""
-    from crm_kernels import rl, segment
+    from crm_kernels import _backends, rl, segment
     from crm_kernels.triton import scan
 
     calls = []
     monkeypatch.setattr(scan, "segment_linear_scan",
                         lambda *args, real=scan.segment_linear_scan, **kw: calls.append(1) or real(*args, **kw))  # fmt: skip
-    monkeypatch.setattr(segment, "scan_backend", lambda *tensors: "triton")
-    monkeypatch.setattr(rl, "scan_backend", lambda *tensors: "triton")
+    monkeypatch.setattr(_backends, "scan_backend", lambda *tensors: "triton")
     generator = torch.Generator().manual_seed(seed)
     rewards = torch.randn(5, 37, generator=generator, dtype=torch.float64)
     values = torch.randn(5, 37, generator=generator, dtype=torch.float64)

@@ -1,0 +1,17 @@
+"""The CRM ops, one file each, readable top to bottom: the formula (with its SPEC section), the
+private torch.library ops `torch.ops.crm_kernels._<op>` and `_<op>_backward` with their fakes and
+autograd, then the documented public function that validates its arguments, asks the registry
+(`crm_kernels._backends`) which implementation runs, and calls it.
+
+Why torch.library `custom_op`: with `register_fake` and `register_autograd` (the backward itself a
+custom op) it passes all four opcheck tests and torch.compile(fullgraph=True) with aot_eager and
+inductor, a Triton kernel launched inside. `triton_op` fails opcheck's fake-tensor test under the
+interpreter, and an `autograd.Function` launching Triton directly breaks torch.compile (Dynamo
+cannot trace `data_ptr`). Value validation (SPEC 5) runs inside the forward op when `validate` is
+true, so it happens before any kernel and costs no graph break under torch.compile.
+"""
+
+from .crm_loss import CRMLoss, crm_loss
+from .log_survival import log_survival
+
+__all__ = ["CRMLoss", "crm_loss", "log_survival"]
