@@ -92,3 +92,23 @@ def trajectory_loss(softplus_sum, first_error_nll, correct, has_first_error, w_s
     """l_i of SPEC 3 from sum_t softplus(x_t) and L_z."""
     flawed = w_wrong * flawed_loss(-softplus_sum) + tl.where(has_first_error, w_first_error * first_error_nll, 0.0)
     return tl.where(correct, w_survive * softplus_sum, flawed)
+
+
+@triton.jit
+def trajectory_grad_coef(log_survival, correct, w_survive, w_wrong):
+    """dl_i/dx_t = h_t * trajectory_grad_coef, away from the first wrong step (SPEC 3)."""
+    return tl.where(correct, w_survive, w_wrong * flawed_grad_scale(log_survival))
+
+
+@triton.jit
+def first_error_term(x, softplus_x, tail, t, z):
+    """Step t's term in L_z: softplus(x_t) before z, softplus(-x_z) at z, 0 after (or z = -1)."""
+    return tl.where(t < z, softplus_x, tl.where(t == z, softplus_neg(x, tail), 0.0))
+
+
+@triton.jit
+def step_grad(x, hazard, coef, first_error_grad, t, z):
+    """dl_i/dx_t from coef = upstream * trajectory_grad_coef and first_error_grad = upstream * w_z
+    (0 where z is unknown)."""
+    grad = tl.where(t < z, (coef + first_error_grad) * hazard, coef * hazard)
+    return tl.where(t == z, coef * hazard - first_error_grad * sigmoid(-x), grad)

@@ -52,8 +52,7 @@ def _crm_loss_forward_kernel(
     softplus = tl.where(valid, tl.maximum(x, 0.0) + tail, 0.0)
     first_error = _first_error_of(first_error_ptr, seg, HAS_FIRST_ERROR)
     index = step - seg_begin
-    first_error_terms = tl.where(index < first_error, softplus, tl.where(index == first_error, _math.softplus_neg(x, tail), 0.0))
-    first_error_terms = tl.where(valid, first_error_terms, 0.0)
+    first_error_terms = tl.where(valid, _math.first_error_term(x, softplus, tail, index, first_error), 0.0)
     softplus_sums, first_error_sums = segmented_cumsum2(softplus, first_error_terms, ((pos == first_pos) & valid).to(tl.int32))
     if FINAL:
         softplus_sums = add_carry(softplus_sums, 0, first_pos, chunk_start, carries_ptr, num_chunks)
@@ -87,13 +86,9 @@ def _crm_loss_backward_kernel(
     correct = tl.load(outcome_ptr + seg) != 0
     log_survival = tl.load(log_survival_total_ptr + seg).to(ACC)
     first_error = _first_error_of(first_error_ptr, seg, HAS_FIRST_ERROR)
-    # dl/dx_t = h_t * (coef + [t < z] w_z), and h_z * coef - w_z * sigmoid(-x_z) at t = z (crm_math.h).
-    coef = upstream * tl.where(correct, tl.cast(w_survive, ACC), tl.cast(w_wrong, ACC) * _math.flawed_grad_scale(log_survival))
+    coef = upstream * _math.trajectory_grad_coef(log_survival, correct, tl.cast(w_survive, ACC), tl.cast(w_wrong, ACC))
     first_error_grad = tl.where(first_error >= 0, upstream * tl.cast(w_first_error, ACC), 0.0)
-    hazard = _math.sigmoid(x)
-    index = step - seg_begin
-    grad = tl.where(index < first_error, (coef + first_error_grad) * hazard, coef * hazard)
-    grad = tl.where(index == first_error, coef * hazard - first_error_grad * _math.sigmoid(-x), grad)
+    grad = _math.step_grad(x, _math.sigmoid(x), coef, first_error_grad, step - seg_begin, first_error)
     tl.store(grad_logits_ptr + step, grad.to(grad_logits_ptr.dtype.element_ty), mask=valid)
 
 

@@ -57,9 +57,9 @@ void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, in
       acc_t running = softplus_sum;  // a local, as in log_survival.cpp's PrefixSum
       for (int64_t t = lo; t < hi; ++t) {
         if (t == first_error_step) {
-          // L_z = -log h_z - sum_{t<z} log(1 - h_t), from the running sum before step z is added.
+          // L_z: the running sum before step z is added, and z's own term.
           const acc_t x = static_cast<acc_t>(logits[t]);
-          first_error_nll = running + softplus_neg(x, softplus_tail(x));
+          first_error_nll = running + first_error_term(x, softplus_values[t - lo], softplus_tail(x), t, t);
         }
         running += softplus_values[t - lo];
       }
@@ -114,14 +114,15 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
     }
     void piece(int64_t, int64_t lo, int64_t hi, const acc_t* hazards) {
       const int64_t z = std::clamp(first_error_step, lo, hi);  // this piece's steps before z are [lo, z)
-      // Locals, so the stores through grad_logits cannot alias them and the loops vectorise.
+      // step_grad (crm_math.h) split at z: the steps on either side are one multiply each, in two
+      // loops over locals (so stores through grad_logits cannot alias them) that vectorise.
       const acc_t from_z = coef, before_z = coef + first_error_grad;
       for (int64_t t = lo; t < z; ++t) grad_logits[t] = static_cast<scalar_t>(before_z * hazards[t - lo]);
       for (int64_t t = z; t < hi; ++t) grad_logits[t] = static_cast<scalar_t>(from_z * hazards[t - lo]);
       if (first_error_step >= lo && first_error_step < hi) {
-        const acc_t x = static_cast<acc_t>(logits[first_error_step]);
-        grad_logits[first_error_step] =
-            static_cast<scalar_t>(coef * hazards[first_error_step - lo] - first_error_grad * sigmoid(-x));
+        const int64_t t = first_error_step;
+        const acc_t x = static_cast<acc_t>(logits[t]);
+        grad_logits[t] = static_cast<scalar_t>(step_grad(x, hazards[t - lo], coef, first_error_grad, t, t));
       }
     }
     void end(int64_t) {}

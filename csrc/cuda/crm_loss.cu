@@ -30,8 +30,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     const acc_t tail = softplus_tail(x);
     const acc_t softplus_x = Math<acc_t>::relu(x) + tail;
     const int64_t index = steps.step(i) - steps.seg_begin(), z = first_error_of(first_error, steps.seg);
-    const acc_t first_error_term = index < z ? softplus_x : (index == z ? softplus_neg(x, tail) : acc_t(0));
-    items[i] = {softplus_x, first_error_term, steps.starts_segment(i)};
+    items[i] = {softplus_x, first_error_term(x, softplus_x, tail, index, z), steps.starts_segment(i)};
   }
   // advance() leaves `seg` at the thread's last valid step; the epilogue walks again from the first.
   const Running2<acc_t> carry = kFinal ? carries[blockIdx.x] : Running2<acc_t>{};
@@ -67,14 +66,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     steps.advance(i);
     const int64_t seg = steps.seg, z = first_error_of(first_error, seg), index = steps.step(i) - steps.seg_begin();
     const acc_t upstream = grad_losses[seg];
-    // dl/dx_t = h_t * (coef + [t < z] w_z), and h_z * coef - w_z * sigmoid(-x_z) at t = z (crm_math.h).
     const acc_t coef = upstream * trajectory_grad_coef(log_survival_total[seg], correct[seg], weights);
     const acc_t first_error_grad = z >= 0 ? upstream * acc_t(weights.first_error) : acc_t(0);
     const acc_t x = widen<acc_t>(logits[steps.step(i)]);
-    const acc_t hazard = sigmoid(x);
-    acc_t grad = index < z ? (coef + first_error_grad) * hazard : coef * hazard;
-    if (index == z) grad = coef * hazard - first_error_grad * sigmoid(-x);
-    grad_logits[steps.step(i)] = narrow<scalar_t>(grad);
+    grad_logits[steps.step(i)] = narrow<scalar_t>(step_grad(x, sigmoid(x), coef, first_error_grad, index, z));
   }
 }
 

@@ -132,4 +132,21 @@ CRM_HOST_DEVICE T trajectory_grad_coef(T log_survival, Mask correct, const LossW
   return Math<T>::select(correct, T(w.survive), T(w.wrong) * flawed_grad_scale(log_survival));
 }
 
+// ---- per step -------------------------------------------------------------------------------
+
+// Step t's term in L_z = softplus(-x_z) + sum_{t<z} softplus(x_t): softplus(x_t) before z,
+// softplus(-x_z) = -log h_z at z, nothing after (or anywhere when z = -1, unknown).
+template <typename T>
+CRM_HOST_DEVICE T first_error_term(T x, T softplus_x, T tail, int64_t t, int64_t z) {
+  return t < z ? softplus_x : (t == z ? softplus_neg(x, tail) : T(0));
+}
+
+// dl_i/dx_t for step t of a trajectory, from its per-trajectory factors (see trajectory_grad_coef):
+// coef = upstream * trajectory_grad_coef, first_error_grad = upstream * w_z where z is known, else 0.
+template <typename T>
+CRM_HOST_DEVICE T step_grad(T x, T hazard, T coef, T first_error_grad, int64_t t, int64_t z) {
+  if (t == z) return coef * hazard - first_error_grad * sigmoid(T(0) - x);
+  return t < z ? (coef + first_error_grad) * hazard : coef * hazard;
+}
+
 }  // namespace crm
