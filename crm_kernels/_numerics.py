@@ -1,5 +1,5 @@
 """The numeric policy every backend follows (SPEC 4), in one place: the accumulation dtype, the
-clamp of log S(T), and how per-trajectory losses are reduced. The kernels, the torch.library fakes
+clamp of log S(T), the softplus form, and how per-trajectory losses are reduced. The kernels, the torch.library fakes
 and the eager reference all take these from here; `crm_kernels.reference` is the oracle only."""
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """Scans and losses accumulate in float32, float64 for float64 logits (SPEC 4); every backend
     allocates its outputs with this."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) without F.softplus's switch to x above 20, which is off by e^-20 (2e-9), far
+    more than float64 rounding."""
+    return torch.logaddexp(x, torch.zeros_like(x))
 
 
 def reduce_losses(losses: torch.Tensor, reduction: str, normalizer=None) -> torch.Tensor:

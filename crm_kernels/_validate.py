@@ -1,4 +1,4 @@
-"""Input checks of SPEC section 5: one function per argument kind.
+"""Input checks of SPEC section 5, for every public function: one function per argument kind.
 
 `check_*` look at metadata only (rank, dtype, device, length), cost no device sync and always run.
 `check_values` reads the offsets and labels (one device sync) and runs unless validate=False; the
@@ -182,3 +182,39 @@ def _raise_first_failure(rules) -> None:
     for (message, _, locate), bad in zip(rules, failed):
         if bad:
             raise ValueError(f"{message}: {locate()}")
+
+
+# ---- the helpers' arguments (segment, rl, data) -----------------------------------------------
+
+
+def check_segments(values, offsets, validate: bool = True, *, values_name="values", offsets_name="offsets") -> int:
+    """[N] values cut by [B + 1] offsets (the SPEC 5 offset rules, names as given); returns B."""
+    _tensor(values, values_name)
+    if values.dim() != 1:
+        raise ValueError(f"{values_name} must be 1-D (packed), got shape {tuple(values.shape)}")
+    batch = check_offsets(offsets, values, offsets_name, values_name)
+    if validate:
+        check_offset_values(offsets, offsets_name, values.numel(), f"len({values_name})")
+    return batch
+
+
+def check_discount(value, name: str) -> None:
+    """A discount (gamma, lambda): a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def check_step_token_index(step_token_index, step_values: torch.Tensor, seq_len: int) -> None:
+    """Each step's token column: step_values' shape, every entry in [0, seq_len) (one sync)."""
+    if not isinstance(step_token_index, torch.Tensor) or step_token_index.shape != step_values.shape:
+        raise ValueError(f"step_token_index must be a tensor of step values' shape {tuple(step_values.shape)}")
+    outside = (step_token_index < 0) | (step_token_index >= seq_len)
+    if step_token_index.numel() and bool(outside.any()):
+        bad = _first(outside)
+        raise ValueError(f"step_token_index[{bad}] = {int(step_token_index[bad])} is outside [0, seq_len = {seq_len})")
+
+
+def check_token_ids(input_ids, name: str = "input_ids") -> None:
+    _tensor(input_ids, name)
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+        raise TypeError(f"{name} must hold integer token ids, got {input_ids.dtype}")

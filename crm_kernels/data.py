@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._validate import check_offset_values, check_offsets
+from ._validate import check_offset_values, check_offsets, check_token_ids
 
 MATH_SHEPHERD_TAG = "ки"
 
@@ -36,13 +36,6 @@ def _step_token_tensor(step_token_ids, device) -> Tensor:
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise TypeError(f"step_token_ids must be an int or a non-empty list of ints, got {step_token_ids!r}")
     return torch.tensor(ids, device=device)
-
-
-def _check_token_ids(input_ids, name: str = "input_ids") -> None:
-    if not isinstance(input_ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(input_ids).__name__}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
-        raise TypeError(f"{name} must hold integer token ids, got {input_ids.dtype}")
 
 
 def cu_steps_from_lengths(lengths, dtype: torch.dtype = torch.int64) -> Tensor:
@@ -69,7 +62,7 @@ def find_step_ends(input_ids: Tensor, attention_mask: Tensor | None, step_token_
         cu_steps: [B + 1] int64 offsets; row i owns steps cu_steps[i]:cu_steps[i + 1].
         step_positions: [N] int64 column of each tag in its row, rows in order, left to right.
     """
-    _check_token_ids(input_ids)
+    check_token_ids(input_ids)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
     is_tag = torch.isin(input_ids, _step_token_tensor(step_token_ids, input_ids.device))
@@ -94,7 +87,7 @@ def find_step_ends_packed(input_ids: Tensor, cu_seq_lens: Tensor, step_token_ids
     Returns:
         cu_steps: [B + 1] int64; step_positions: [N] int64 index of each tag among the T tokens.
     """
-    _check_token_ids(input_ids)
+    check_token_ids(input_ids)
     if input_ids.dim() == 2 and input_ids.shape[0] == 1:
         input_ids = input_ids[0]
     if input_ids.dim() != 1:

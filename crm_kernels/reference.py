@@ -17,13 +17,7 @@ import math
 
 import torch
 
-from ._numerics import MAX_LOG_SURVIVAL, accumulate_dtype, reduce_losses
-
-def softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + e^x) without F.softplus's switch to x above 20, which is off by e^-20 (2e-9), far
-    more than float64 rounding."""
-    return torch.logaddexp(x, torch.zeros_like(x))
-
+from ._numerics import MAX_LOG_SURVIVAL, accumulate_dtype, reduce_losses, softplus
 
 def log1mexp(a: torch.Tensor) -> torch.Tensor:
     """log(1 - e^a) for a < 0. Each branch is fed only its own range so that the branch not taken

@@ -22,11 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _backends, reference
-from ._validate import check_cu_steps, check_logits
+from . import _backends
+from ._numerics import softplus
+from ._validate import check_cu_steps, check_discount, check_logits, check_segments, check_step_token_index
 from .segment import (
     _float,
-    check_segments,
     lengths,
     segment_gae,
     segment_ids,
@@ -46,31 +46,18 @@ def step_rewards(logits: Tensor, cu_steps: Tensor, *, validate: bool = True) -> 
     check_logits(logits)
     check_cu_steps(cu_steps, logits)
     with torch.no_grad():
-        rewards = -reference.softplus(_float(logits))
+        rewards = -softplus(_float(logits))
         return rewards, segment_sum(rewards, cu_steps, validate=validate)
 
 
 def returns_to_go(step_rewards: Tensor, cu_steps: Tensor, gamma: float = 1.0, *, validate: bool = True) -> Tensor:
     """G_t = sum_{k >= t} gamma^(k - t) r_k within each trajectory (log S(T) - log S(t - 1) at gamma 1)."""
-    _check_gamma(gamma, "gamma")
+    check_discount(gamma, "gamma")
     return segment_reverse_discounted_sum(step_rewards, cu_steps, gamma, validate=validate)
-
-
-def _check_gamma(value, name: str) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Token-level layout
-
-
-def _check_index(step_token_index: Tensor, step_values: Tensor, seq_len: int) -> None:
-    if not isinstance(step_token_index, Tensor) or step_token_index.shape != step_values.shape:
-        raise ValueError(f"step_token_index must be a tensor of step values' shape {tuple(step_values.shape)}")
-    if step_token_index.numel() and bool(((step_token_index < 0) | (step_token_index >= seq_len)).any()):
-        bad = int(((step_token_index < 0) | (step_token_index >= seq_len)).nonzero()[0, 0])
-        raise ValueError(f"step_token_index[{bad}] = {int(step_token_index[bad])} is outside [0, seq_len = {seq_len})")
 
 
 def to_token_level(step_values: Tensor, cu_steps: Tensor, step_token_index: Tensor, seq_len: int, *,
@@ -79,7 +66,7 @@ def to_token_level(step_values: Tensor, cu_steps: Tensor, step_token_index: Tens
     zero elsewhere. Steps of one row ending at the same token add up."""
     batch = check_segments(step_values, cu_steps, validate, values_name="step_values", offsets_name="cu_steps")
     if validate:
-        _check_index(step_token_index, step_values, seq_len)
+        check_step_token_index(step_token_index, step_values, seq_len)
     values = _float(step_values)
     rows = segment_ids(cu_steps, values.numel())
     token_level = torch.zeros(batch, seq_len, dtype=values.dtype, device=values.device)
@@ -95,7 +82,7 @@ def from_token_level(token_values: Tensor, cu_steps: Tensor, step_token_index: T
         check_segments(step_token_index, cu_steps, True, values_name="step_token_index", offsets_name="cu_steps")
         if token_values.shape[0] != cu_steps.numel() - 1:
             raise ValueError(f"token_values has {token_values.shape[0]} rows for {cu_steps.numel() - 1} trajectories")
-        _check_index(step_token_index, step_token_index, token_values.shape[1])
+        check_step_token_index(step_token_index, step_token_index, token_values.shape[1])
     rows = segment_ids(cu_steps, step_token_index.numel())
     return token_values[rows, step_token_index.long()]
 
@@ -107,7 +94,7 @@ def to_token_spans(step_values: Tensor, cu_steps: Tensor, step_token_index: Tens
     0. Step ends must increase within a row. How returns computed per step reach the tokens."""
     batch = check_segments(step_values, cu_steps, validate, values_name="step_values", offsets_name="cu_steps")
     if validate:
-        _check_index(step_token_index, step_values, seq_len)
+        check_step_token_index(step_token_index, step_values, seq_len)
         rows = segment_ids(cu_steps, step_values.numel())
         same_row = rows[1:] == rows[:-1]
         if bool((same_row & (step_token_index[1:] <= step_token_index[:-1])).any()):
@@ -137,8 +124,8 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     """GAE in the trainers' [B, L] layout (verl's `compute_gae_advantage_return`): the masked tokens
     of a row form its trajectory, masked-out tokens are skipped and get 0. Returns (advantages,
     returns), [B, L] each."""
-    _check_gamma(gamma, "gamma")
-    _check_gamma(lam, "lam")
+    check_discount(gamma, "gamma")
+    check_discount(lam, "lam")
     if not isinstance(mask, Tensor) or mask.shape != token_rewards.shape or values.shape != token_rewards.shape:
         raise ValueError(f"values and mask must have token_rewards' shape {tuple(token_rewards.shape)}")
     if token_rewards.dim() != 2:

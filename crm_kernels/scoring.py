@@ -14,11 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import ops, reference
-from ._validate import check_cu_steps, check_logits
-from ._numerics import accumulate_dtype
+from . import ops
+from ._numerics import accumulate_dtype, softplus
+from ._validate import check_cu_steps, check_logits, check_segments
 from .segment import (
-    check_segments,
     lengths,
     segment_argmax,
     segment_ids,
@@ -78,7 +77,7 @@ def log_first_error_probability(hazard_logits: Tensor, cu_steps: Tensor, *, vali
     positions = torch.arange(log_survival.numel(), device=log_survival.device)
     starts = cu_steps[:-1].long()[segment_ids(cu_steps, log_survival.numel())]
     before = torch.where(positions > starts, log_survival[(positions - 1).clamp(min=0)], 0.0)
-    return before - reference.softplus(-hazard_logits.to(log_survival.dtype))
+    return before - softplus(-hazard_logits.to(log_survival.dtype))
 
 
 def most_likely_first_error(hazard_logits: Tensor, cu_steps: Tensor, *, validate: bool = True) -> Tensor:

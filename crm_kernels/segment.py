@@ -20,20 +20,8 @@ import torch
 from torch import Tensor
 
 from . import _backends
-from ._validate import check_offset_values, check_offsets
+from ._validate import check_segments
 from ._numerics import accumulate_dtype
-
-
-def check_segments(values, offsets, validate: bool = True, *, values_name="values", offsets_name="offsets") -> int:
-    """Checks [N] values cut by [B + 1] offsets (SPEC 5 rules, names as given); returns B."""
-    if not isinstance(values, Tensor):
-        raise TypeError(f"{values_name} must be a torch.Tensor, got {type(values).__name__}")
-    if values.dim() != 1:
-        raise ValueError(f"{values_name} must be 1-D (packed), got shape {tuple(values.shape)}")
-    batch = check_offsets(offsets, values, offsets_name, values_name)
-    if validate:
-        check_offset_values(offsets, offsets_name, values.numel(), f"len({values_name})")
-    return batch
 
 
 def lengths(offsets: Tensor) -> Tensor:
