@@ -157,7 +157,7 @@ def package_kernels() -> dict:
     """Every launchable Triton kernel defined in crm_kernels (named *_kernel), by qualified name."""
     import triton
 
-    import crm_kernels.triton as package
+    import crm_kernels._triton as package
 
     found = {}
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):

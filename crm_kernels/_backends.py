@@ -4,7 +4,7 @@ names a kernel.
 
 - "torch":  the eager reference (crm_kernels.reference), any device; autograd through torch.
 - "cpu":    the C++ kernels of csrc/cpu, CPU tensors; needs the built extension crm_kernels._C.
-- "triton": the Triton kernels of crm_kernels/triton, CUDA tensors (CPU tensors only under
+- "triton": the Triton kernels of crm_kernels/_triton, CUDA tensors (CPU tensors only under
             TRITON_INTERPRET=1, for testing).
 - "cuda":   the CUDA kernels of csrc/cuda, CUDA tensors; needs the extension built with CUDA.
 
@@ -135,7 +135,7 @@ class _CompiledKernels:
 def kernels(backend: str):
     """The module of kernel functions for a compiled backend ("cpu", "cuda" or "triton")."""
     if backend == "triton":
-        from crm_kernels import triton as triton_kernels
+        from crm_kernels import _triton as triton_kernels
 
         return triton_kernels
     return _CompiledKernels()
@@ -165,7 +165,7 @@ def linear_scan(values: torch.Tensor, offsets: torch.Tensor, decay: float, rever
     if backend == "cpu":
         return torch.ops.crm_kernels_C.segment_linear_scan(values.contiguous(), offsets.long().contiguous(), decay, reverse)
     if backend == "triton":
-        from crm_kernels.triton.scan import segment_linear_scan
+        from crm_kernels._triton.scan import segment_linear_scan
 
         return segment_linear_scan(values, offsets, decay, reverse)
     return None

@@ -46,7 +46,7 @@ def compiled(tmp_path_factory):
 
 
 def test_every_package_kernel_is_launched_by_the_public_functions(compiled):
-    """A kernel added to crm_kernels/triton that no recorded public call launches fails here."""
+    """A kernel added to crm_kernels/_triton that no recorded public call launches fails here."""
     assert compiled["package_kernels"], "no Triton kernels found"
     assert compiled["launched_kernels"] == compiled["package_kernels"]
     built = {(variant["kernel"], variant["arch"]) for variant in compiled["triton_variants"]}

@@ -95,7 +95,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert wheel.name.startswith(f"crm_kernels-{crm_kernels.__version__}-")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(re.fullmatch(r"crm_kernels/_C\..*\.so", name) for name in names), names
-    assert "crm_kernels/triton/crm_loss.py" in names and "crm_kernels/integrations/verl.py" in names
+    assert "crm_kernels/_triton/crm_loss.py" in names and "crm_kernels/integrations/verl.py" in names
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -147,7 +147,7 @@ def test_import_is_light():
     import sys
 
     heavy = ["torch._dynamo", "torch._inductor", "transformers", "triton", "crm_kernels._C",
-             "crm_kernels.integrations", "crm_kernels.modeling", "crm_kernels.triton"]  # fmt: skip
+             "crm_kernels.integrations", "crm_kernels.modeling", "crm_kernels._triton"]  # fmt: skip
     code = f"import sys, crm_kernels; print([m for m in {heavy!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout

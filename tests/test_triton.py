@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif("triton" not in cpu_backends(), reason="triton i
 @pytest.mark.parametrize("block", [16, 64])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_carries_across_chunks(block, dtype, seed):
-    from crm_kernels import triton as triton_kernels
+    from crm_kernels import _triton as triton_kernels
 
     # Lengths straddling chunk edges: long runs over many chunks, empties at edges, singles.
     lengths = torch.tensor([0, 1, block - 1, 0, 0, 5 * block + 3, 1, block, 2, 0, 3 * block, 7])
@@ -42,7 +42,7 @@ def test_carries_across_chunks(block, dtype, seed):
 
 def test_one_program_per_chunk_not_per_trajectory():
     """The grid depends on the number of steps only: 10,000 one-step trajectories take 10 chunks."""
-    from crm_kernels.triton import _segments
+    from crm_kernels._triton import _segments
 
     launches = []
 
@@ -71,7 +71,7 @@ def loop_linear_scan(values, offsets, decay, reverse):
 def test_linear_scan_carries_across_chunks(reverse, decay, dtype, seed):
     """The one-pass scan of returns-to-go and GAE on GPUs: block 16 and carry block 4, so
     segments cross many chunks and the carries themselves span several blocks."""
-    from crm_kernels.triton.scan import segment_linear_scan
+    from crm_kernels._triton.scan import segment_linear_scan
 
     lengths = torch.tensor([0, 1, 15, 0, 83, 1, 16, 2, 0, 48, 7])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
@@ -87,7 +87,7 @@ def test_gae_and_returns_route_through_the_triton_scan(monkeypatch, seed):
     """rl.gae's right-padded rows and rl.returns_to_go as they run on GPUs, with the dispatch
     forced onto the Triton scan (interpreted here)."""
     from crm_kernels import _backends, rl, segment
-    from crm_kernels.triton import scan
+    from crm_kernels._triton import scan
 
     calls = []
     monkeypatch.setattr(scan, "segment_linear_scan",
