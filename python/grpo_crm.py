@@ -107,7 +107,7 @@ def final_samples(policy, tokenizer, scorer, rng, args, count: int = 4) -> list[
         scored = scorer.score_responses([problem.question], [completion])
         samples.append({"question": problem.question, "completion": completion, "answer": problem.answer,
                         "verifier": answer_correct([problem.question], [completion], [problem.answer])[0],
-                        "crm_survival": float(scored.log_survival.exp()[0])})  # fmt: skip
+                        "crm_survival": float(scored.log_survival_total.exp()[0])})  # fmt: skip
     return samples
 
 

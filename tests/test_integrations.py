@@ -65,11 +65,11 @@ def test_score_steps_matches_one_at_a_time(scorer, seed):
     scored = scorer.score_steps(prompts, steps)
     hazard_logits, log_survival = manual_scores(scorer, prompts, steps)
     torch.testing.assert_close(scored.hazard_logits, hazard_logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(scored.log_survival.double(), log_survival, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scored.log_survival_total.double(), log_survival, rtol=1e-5, atol=1e-5)
     assert scored.num_steps.tolist() == [len(s) for s in steps]
     torch.testing.assert_close(scored.step_rewards, -torch.nn.functional.softplus(scored.hazard_logits))
-    assert scored.log_survival[0] == 0  # no steps: nothing failed
-    torch.testing.assert_close(scored.score("survival"), scored.log_survival.exp())
+    assert scored.log_survival_total[0] == 0  # no steps: nothing failed
+    torch.testing.assert_close(scored.score("survival"), scored.log_survival_total.exp())
     minimum = [min(torch.sigmoid(-x).item() for x in chunk) if len(chunk) else 1.0
                for chunk in scored.hazard_logits.split(scored.num_steps.tolist())]  # fmt: skip
     torch.testing.assert_close(scored.score("min"), torch.tensor(minimum))
@@ -171,7 +171,7 @@ def test_score_tokens_places_rewards_on_step_ends(scorer, tokenizer):
     torch.testing.assert_close(scored.hazard_logits, expected.hazard_logits)
     assert torch.equal(scored.cu_steps, expected.cu_steps)
     rewards = token_rewards(scored, step_token_index, ids.shape[1])
-    torch.testing.assert_close(rewards.sum(1), scored.log_survival, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rewards.sum(1), scored.log_survival_total, rtol=1e-5, atol=1e-6)
     for row, trajectory in enumerate(steps):
         # Each step's reward sits on the token that finishes its text.
         columns = rewards[row].nonzero().squeeze(1).tolist()
@@ -193,8 +193,8 @@ def test_openrlhf_reward_func(scorer):
     result = reward_func(queries=queries, prompts=prompts, labels=["5"] * len(prompts))
     expected = scorer.score_steps(prompts, steps)
     assert set(result) == {"rewards", "scores", "extra_logs"}
-    torch.testing.assert_close(result["rewards"], expected.log_survival)
-    torch.testing.assert_close(result["scores"], expected.log_survival.exp())
+    torch.testing.assert_close(result["rewards"], expected.log_survival_total)
+    torch.testing.assert_close(result["scores"], expected.log_survival_total.exp())
     assert result["extra_logs"]["crm_num_steps"].tolist() == [len(s) for s in steps]
     with pytest.raises(ValueError, match="does not start with"):
         reward_func(queries=["other text"], prompts=["prompt"], labels=None)
@@ -205,7 +205,7 @@ def test_openrlhf_reward_func(scorer):
     # Special-token texts (OpenRLHF decodes queries with them) are dropped from the responses.
     with_eos = make_reward_func(scorer, special_tokens=["<eos>", "<pad>"])(
         queries=[q + "<eos><pad>" for q in queries], prompts=prompts)  # fmt: skip
-    torch.testing.assert_close(with_eos["rewards"], expected.log_survival)
+    torch.testing.assert_close(with_eos["rewards"], expected.log_survival_total)
 
 
 def test_openrlhf_process_reward():
@@ -232,7 +232,7 @@ def test_trl_reward_func(scorer):
                           log_metric=lambda name, value: metrics.setdefault(name, value))  # fmt: skip
     expected = scorer.score_steps(prompts, steps)
     assert isinstance(rewards, list) and len(rewards) == len(prompts)
-    torch.testing.assert_close(torch.tensor(rewards), expected.log_survival)
+    torch.testing.assert_close(torch.tensor(rewards), expected.log_survival_total)
     assert metrics["crm/num_steps"] == pytest.approx(sum(map(len, steps)) / len(steps))
     assert reward_func.__name__ == "crm_log_survival"
     # Conversational: lists of messages, the assistant's content is the completion.
@@ -240,7 +240,7 @@ def test_trl_reward_func(scorer):
     chat_completions = [[{"role": "assistant", "content": c}] for c in completions]
     assert reward_func(prompts=chat_prompts, completions=chat_completions) == pytest.approx(rewards, abs=1e-6)
     penalized = make_grpo_reward_func(scorer, "survival", empty_score=-1.0)(prompts=prompts, completions=completions)
-    assert penalized[0] == -1.0 and penalized[1:] == pytest.approx(expected.log_survival.exp()[1:].tolist(), abs=1e-6)
+    assert penalized[0] == -1.0 and penalized[1:] == pytest.approx(expected.log_survival_total.exp()[1:].tolist(), abs=1e-6)
     with pytest.raises(TypeError, match="list of messages"):
         reward_func(prompts=[3], completions=["x"])
 
@@ -287,4 +287,4 @@ def test_scorer_from_pretrained_and_openrlhf_reward_file(scorer, tokenizer, tmp_
     import openrlhf_crm_reward
 
     result = openrlhf_crm_reward.reward_func([p + SEP.join(s) for p, s in zip(prompts, steps)], prompts)
-    torch.testing.assert_close(result["rewards"], expected.log_survival)
+    torch.testing.assert_close(result["rewards"], expected.log_survival_total)

@@ -21,7 +21,6 @@ import re
 import sys
 import types
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -60,8 +59,18 @@ def openrlhf_compute_reward():
     stub.__getattr__ = never
     spec = importlib.util.spec_from_file_location("openrlhf_models_utils", PACKAGE / "models" / "utils.py")
     module = importlib.util.module_from_spec(spec)
-    with mock.patch.dict(sys.modules, {"deepspeed": stub}):
+    # Only the deepspeed entry is swapped and restored: mock.patch.dict(sys.modules) would also
+    # drop every module first imported while the file loads (torch._dynamo among them), and
+    # importing those again later fails inside torch.
+    saved = sys.modules.get("deepspeed")
+    sys.modules["deepspeed"] = stub
+    try:
         spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            del sys.modules["deepspeed"]
+        else:
+            sys.modules["deepspeed"] = saved
     return module.compute_reward
 
 
@@ -106,8 +115,8 @@ def test_reward_file_through_openrlhfs_executor(executor, scorer, tokenizer, end
         # OpenRLHF logs and swallows a failing reward function: a None here is that failure.
         assert output["reward"] is not None, "the reward function failed inside OpenRLHF"
         expected = scorer.score_responses([prompt], [text])
-        torch.testing.assert_close(output["reward"].double(), expected.log_survival.double(), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(output["scores"].double(), expected.log_survival.exp().double(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(output["reward"].double(), expected.log_survival_total.double(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(output["scores"].double(), expected.log_survival_total.exp().double(), rtol=1e-5, atol=1e-6)
         assert float(output["extra_logs"]["crm_num_steps"][0]) == len(trajectory)
         assert output["truncated"] == (ending == "truncated")
 
@@ -130,7 +139,7 @@ def test_per_token_rewards_in_openrlhfs_layout(executor, scorer, tokenizer, seed
 
     rewards = action_token_rewards(scorer, prompts, sequences, action_mask, tokenizer)
     expected = scorer.score_responses(prompts, texts)
-    torch.testing.assert_close(rewards.sum(1).double(), expected.log_survival.double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rewards.sum(1).double(), expected.log_survival_total.double(), rtol=1e-5, atol=1e-6)
     assert not rewards[~action_mask.bool()].any()  # nothing on prompt or padding entries
     assert (rewards != 0).sum(1).tolist() == expected.num_steps.tolist()
     for row, mask in enumerate(action_mask):  # the last step ends on the response's last token (EOS)
@@ -139,7 +148,7 @@ def test_per_token_rewards_in_openrlhfs_layout(executor, scorer, tokenizer, seed
 
     kl = torch.rand(action_mask.shape, generator=torch.Generator().manual_seed(seed)) * action_mask
     process = compute_process_reward(rewards, 0.05, kl, action_mask)
-    outcome = compute_reward(expected.log_survival.float(), 0.05, kl, action_mask=action_mask)
+    outcome = compute_reward(expected.log_survival_total.float(), 0.05, kl, action_mask=action_mask)
     torch.testing.assert_close(process.sum(1), outcome.sum(1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(process - rewards, -0.05 * kl)  # the same KL term OpenRLHF subtracts
 

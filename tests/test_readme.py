@@ -109,4 +109,4 @@ def test_every_python_block_runs_in_order(hub_substitution, tmp_path, monkeypatc
     assert namespace["loss"].ndim == 0 and torch.isfinite(namespace["loss"])
     assert torch.isfinite(namespace["step_loss"])
     expected = namespace["scorer"].score_responses(namespace["experience"].prompts, ["3 * 4 = 12\n\n2 + 12 = 14"])
-    torch.testing.assert_close(namespace["rewards"].sum(), expected.log_survival.sum(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(namespace["rewards"].sum(), expected.log_survival_total.sum(), rtol=1e-5, atol=1e-6)

@@ -120,7 +120,7 @@ def test_reward_loop_scores_each_response(crm_folder, scorer, tokenizer, tmp_pat
     outcome = torch.tensor([float("5" in response) for response in responses])
     lengths = expected.num_steps
     if score == "log_survival":
-        crm = expected.log_survival
+        crm = expected.log_survival_total
     else:
         crm = torch.stack([expected.step_rewards[a:b].min() if b > a else torch.tensor(0.0)
                            for a, b in zip(expected.cu_steps[:-1], expected.cu_steps[1:])])  # fmt: skip

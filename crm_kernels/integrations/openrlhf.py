@@ -50,8 +50,8 @@ def make_reward_func(scorer: CRMScorer, score: str = "log_survival", special_tok
         scored = scorer.score_responses(prompts, responses)
         return {
             "rewards": scored.score(score).cpu(),
-            "scores": scored.log_survival.exp().cpu(),
-            "extra_logs": {"crm_num_steps": scored.num_steps.float().cpu(), "crm_log_survival": scored.log_survival.cpu()},
+            "scores": scored.log_survival_total.exp().cpu(),
+            "extra_logs": {"crm_num_steps": scored.num_steps.float().cpu(), "crm_log_survival": scored.log_survival_total.cpu()},
         }
 
     reward_func.__name__ = f"crm_{score}"

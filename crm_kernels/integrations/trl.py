@@ -42,7 +42,7 @@ def make_grpo_reward_func(scorer: CRMScorer, score: str = "log_survival", empty_
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and len(completions):
             log_metric("crm/num_steps", float(scored.num_steps.float().mean()))
-            log_metric("crm/survival", float(scored.log_survival.exp().mean()))
+            log_metric("crm/survival", float(scored.log_survival_total.exp().mean()))
         return rewards.tolist()
 
     reward_func.__name__ = f"crm_{score}"

@@ -86,7 +86,7 @@ class CRMRewardManager(_Base):
         reward = float(scored.score(self.score_kind)[0])
         if num_steps == 0 and self.empty_score is not None:
             reward = float(self.empty_score)
-        extra = {"crm_log_survival": float(scored.log_survival[0]), "crm_num_steps": num_steps,
+        extra = {"crm_log_survival": float(scored.log_survival_total[0]), "crm_num_steps": num_steps,
                  "crm_min_reward": float(scored.score("min_reward")[0])}  # fmt: skip
         if self.outcome_weight and self.compute_score is not None:
             outcome = await self._outcome_score(item, response)
