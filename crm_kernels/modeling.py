@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from . import ops
-from .data import find_step_ends
+from .step_tags import find_step_ends
 from .segment import segment_ids, segment_last
 
 HEADS = ("value", "tokens")
