@@ -61,7 +61,7 @@ def manual_hazards(model, rows):
         hidden = model.backbone.base_model(input_ids=row[None]).last_hidden_state[0]
         at_tags = hidden[row == TAG].float()
         if model.head == "value":
-            logits.append(model.value_head(at_tags).squeeze(-1))
+            logits.append(model.value_head(at_tags))
         else:
             vocab_logits = model.backbone.get_output_embeddings()(at_tags)  # the full LM head, for comparison
             logits.append(vocab_logits[:, BAD] - vocab_logits[:, GOOD])

@@ -1,19 +1,4 @@
-"""ConditionalRewardModel: a CRM head over any Hugging Face transformers backbone.
-
-The backbone reads the question and steps; at each step tag the head gives the hazard logit x_t,
-h(t) = sigmoid(x_t) (SPEC 1). Two heads:
-
-- "value": a float32 Linear(hidden, 1) on the tag's last hidden state.
-- "tokens": for PRMs that score a step with two vocabulary tokens (Math-Shepherd's '+'/'-', PQM,
-  Qwen-style two-class heads), x_t = logit(bad) - logit(good) at the tag, so that
-  h(t) = softmax over {good, bad} of bad. Only those two rows of the LM head are used, never the
-  full vocabulary.
-
-Everything per step is packed (SPEC 2): hazard_logits, log_survival and step_positions are [N],
-cu_steps is [B + 1]. h(t) must depend only on the question and steps up to t (beam search scores
-prefixes), so a backbone whose hidden states see later tokens is refused unless
-allow_bidirectional=True.
-"""
+"""ConditionalRewardModel and its output (the package docstring says what it computes)."""
 
 from __future__ import annotations
 
@@ -23,15 +8,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
-from . import ops
-from .step_tags import find_step_ends
-from .segment import segment_ids, segment_last
+from .. import ops
+from ..segment import segment_ids, segment_last
+from ..step_tags import find_step_ends
+from .causal import sees_later_tokens, text_config
+from .heads import HEADS, TokenHead, ValueHead
 
-HEADS = ("value", "tokens")
 CONFIG_NAME = "crm_config.json"
 HEAD_WEIGHTS_NAME = "crm_head.safetensors"
 
@@ -54,41 +39,6 @@ class CRMOutput(ModelOutput):
     log_survival: Tensor | None = None
     score: Tensor | None = None
     past_key_values: Any = None
-
-
-def _text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def sees_later_tokens(backbone) -> bool:
-    """Whether the backbone's hidden state at a position depends on tokens after it.
-
-    Decided by running it: change the last token of a short random input and see whether any
-    earlier hidden state moves. That holds for any architecture, including decoders configured
-    as encoders (BERT with is_decoder=False) and the reverse.
-    """
-    config = _text_config(backbone.config)
-    if getattr(backbone.config, "is_encoder_decoder", False):
-        return True
-    parameter = next(backbone.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    if device.type == "meta":
-        raise ValueError("cannot tell whether a backbone on the meta device is causal: load its weights first, "
-                         "or pass allow_bidirectional=True to skip the check")  # fmt: skip
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randint(0, config.vocab_size, (1, 8), generator=generator).to(device)
-    altered = probe.clone()
-    altered[0, -1] = (probe[0, -1] + 1) % config.vocab_size
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            base = backbone.base_model
-            before = base(input_ids=probe).last_hidden_state[0, :-1].float()
-            after = base(input_ids=altered).last_hidden_state[0, :-1].float()
-    finally:
-        backbone.train(was_training)
-    return not torch.allclose(before, after, rtol=1e-3, atol=1e-4)
 
 
 class ConditionalRewardModel(nn.Module):
@@ -127,40 +77,24 @@ class ConditionalRewardModel(nn.Module):
         self.allow_bidirectional = allow_bidirectional
         self.good_token_id, self.bad_token_id = good_token_id, bad_token_id
         if head == "value":
-            hidden_size = _text_config(backbone.config).hidden_size
-            device = next(backbone.parameters()).device
-            self.value_head = nn.Linear(hidden_size, 1, dtype=torch.float32, device=device)
+            hidden_size = text_config(backbone.config).hidden_size
+            self.value_head = ValueHead(hidden_size, device=next(backbone.parameters()).device)
         else:
             if good_token_id is None or bad_token_id is None:
                 raise ValueError("head='tokens' needs good_token_id and bad_token_id")
             if backbone.get_output_embeddings() is None:
                 raise ValueError(f"head='tokens' needs an LM head; {type(backbone).__name__} has none "
                                  "(load it with AutoModelForCausalLM)")  # fmt: skip
-            vocab = backbone.get_output_embeddings().weight.shape[0]
-            for name, token in (("good_token_id", good_token_id), ("bad_token_id", bad_token_id)):
-                if not 0 <= token < vocab:
-                    raise ValueError(f"{name} = {token} is outside the LM head's {vocab} rows")
+            self.token_head = TokenHead(backbone.get_output_embeddings(), good_token_id, bad_token_id)
 
-    # -----------------------------------------------------------------------------------------
-    def _apply(self, fn, recurse=True):
-        # model.to(torch.bfloat16) casts the backbone; the value head stays float32 (small, and
-        # the hazard logits it produces are what the losses' numerics are stated for).
-        super()._apply(fn, recurse)
-        if self.head == "value":
-            self.value_head.float()
-        return self
+    @property
+    def score_head(self) -> nn.Module:
+        """The hazard head (heads.py): ValueHead or TokenHead."""
+        return self.value_head if self.head == "value" else self.token_head
 
     def hazard_logits(self, step_hidden: Tensor) -> Tensor:
         """[N, H] hidden states at the step tags -> [N] float32 hazard logits."""
-        if self.head == "value":
-            return self.value_head(step_hidden.float()).squeeze(-1)
-        lm_head = self.backbone.get_output_embeddings()
-        rows = lm_head.weight[[self.bad_token_id, self.good_token_id]].float()
-        logits = step_hidden.float() @ (rows[0] - rows[1])
-        if getattr(lm_head, "bias", None) is not None:
-            bias = lm_head.bias[[self.bad_token_id, self.good_token_id]].float()
-            logits = logits + (bias[0] - bias[1])
-        return logits
+        return self.score_head(step_hidden)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, past_key_values=None,
                 use_cache: bool = False, **backbone_kwargs) -> CRMOutput:  # fmt: skip
@@ -215,8 +149,8 @@ class ConditionalRewardModel(nn.Module):
         self.backbone.save_pretrained(save_directory, **backbone_kwargs)
         with open(os.path.join(save_directory, CONFIG_NAME), "w") as f:
             json.dump(self._settings(), f, indent=2)
-        if self.head == "value":
-            state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.value_head.state_dict().items()}
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.score_head.state_dict().items()}
+        if state:  # the value head's weights; the token head's rows are the backbone's
             save_file(state, os.path.join(save_directory, HEAD_WEIGHTS_NAME))
 
     @classmethod
@@ -249,8 +183,9 @@ class ConditionalRewardModel(nn.Module):
         backbone = backbone_class.from_pretrained(name_or_path, **backbone_kwargs)
         model = cls(backbone, settings.pop("step_token_id"), **settings)
         head_path = os.path.join(name_or_path, HEAD_WEIGHTS_NAME)
-        if model.head == "value" and os.path.isfile(head_path):
+        if os.path.isfile(head_path):
             from safetensors.torch import load_file
 
-            model.value_head.load_state_dict(load_file(head_path, device=str(model.value_head.weight.device)))
+            device = next(model.backbone.parameters()).device
+            model.score_head.load_state_dict(load_file(head_path, device=str(device)))
         return model
