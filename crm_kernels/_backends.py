@@ -34,7 +34,47 @@ def _extension_error() -> str | None:
         import crm_kernels._C  # noqa: F401  (registers torch.ops.crm_kernels_C)
     except ImportError as error:
         return f"the C++ extension is not built ({error}); run `make build` or `pip install .`"
+    _register_fakes()
     return None
+
+
+def _register_fakes() -> None:
+    """Shapes and dtypes of the compiled ops' outputs (csrc/ops.cpp), for tracing: torch.compile
+    and the fake-tensor checks see through them without running a kernel. inputs_are_valid has
+    none: its bool is the data's verdict, and it runs only inside the ops' eager validation."""
+    from ._numerics import accumulate_dtype
+
+    def register(name):
+        return torch.library.register_fake(f"crm_kernels_C::{name}")
+
+    @register("log_survival_forward")
+    def _(logits, cu_steps):
+        return logits.new_empty(logits.shape, dtype=accumulate_dtype(logits.dtype))
+
+    @register("log_survival_backward")
+    def _(grad_log_survival, logits, cu_steps):
+        return torch.empty_like(logits)
+
+    @register("crm_loss_forward")
+    def _(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error):
+        per_trajectory = logits.new_empty((cu_steps.shape[0] - 1,), dtype=accumulate_dtype(logits.dtype))
+        return per_trajectory, torch.empty_like(per_trajectory)
+
+    @register("crm_loss_backward")
+    def _(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong, w_first_error):
+        return torch.empty_like(logits)
+
+    @register("segment_linear_scan")
+    def _(values, offsets, decay, reverse):
+        return torch.empty_like(values)
+
+    @register("segment_reverse_cummin")
+    def _(values, offsets):
+        return torch.empty_like(values)
+
+    @register("masked_gae")
+    def _(rewards, values, mask, gamma, lam):
+        return torch.empty_like(rewards), torch.empty_like(rewards)
 
 
 def _has_compiled_kernel(dispatch_key: str, op: str = "crm_loss_forward") -> bool:
@@ -143,20 +183,39 @@ def kernels(backend: str):
 
 # ---- the scans of segment.py and rl.py ---------------------------------------------------------
 # One-pass kernels: csrc/cpu/scan.cpp on CPU tensors (one thread per segment, sums in float64),
-# the Triton linear scan on GPUs. None of them is differentiable, and Dynamo cannot trace the
-# availability checks, so gradients and torch.compile take the callers' doubling scans (None here).
+# the Triton linear scan on GPUs. None of them is differentiable: gradients take the callers'
+# doubling scans (None here). Under torch.compile the C++ scans are traced through their fakes;
+# the Triton scan, launched from Python, is not traceable there and leaves it to the doubling scan.
+
+_SCANS_ON: dict[str, tuple[str, ...]] = {}
+
+
+def _scan_kernels_on(device_type: str) -> tuple[str, ...]:
+    # Cached like _available_on, and a constant for Dynamo for the same reason.
+    if device_type not in _SCANS_ON:
+        found = ()
+        if device_type == "cpu" and has_cpu_scans():
+            found = ("cpu",)
+        elif device_type == "cuda" and torch.cuda.is_available() and is_available("triton", torch.device("cuda")):
+            found = ("triton",)
+        _SCANS_ON[device_type] = found
+    return _SCANS_ON[device_type]
+
+
+_scan_kernels_on._dynamo_marked_constant = True
 
 
 def scan_backend(*tensors: torch.Tensor) -> str | None:
     """Which one-pass scan kernel takes these tensors: "cpu", "triton", or None."""
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
     devices = {t.device.type for t in tensors}
-    if devices == {"cpu"} and has_cpu_scans():
-        return "cpu"
-    if devices == {"cuda"} and is_available("triton", tensors[0].device):
-        return "triton"
-    return None
+    if len(devices) != 1:
+        return None
+    kernels = _scan_kernels_on(devices.pop())
+    if not kernels or (kernels[0] == "triton" and torch.compiler.is_compiling()):
+        return None
+    return kernels[0]
 
 
 def linear_scan(values: torch.Tensor, offsets: torch.Tensor, decay: float, reverse: bool) -> torch.Tensor | None:

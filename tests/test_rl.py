@@ -18,7 +18,7 @@ def scan_path(request, monkeypatch):
         if not _backends.has_cpu_scans():
             pytest.skip("the C++ extension is not built")
     else:
-        monkeypatch.setattr(_backends, "has_cpu_scans", lambda: False)
+        monkeypatch.setattr(_backends, "_SCANS_ON", {"cpu": ()})
     return request.param
 
 
@@ -263,9 +263,35 @@ def test_scan_paths_agree_on_nan_empty_segments_and_int32_offsets(monkeypatch):
     offsets = torch.tensor([0, 0, 4, 4, 7], dtype=torch.int32)
     one_pass = [segment.segment_reverse_cummin(values, offsets), segment.segment_cumsum(values, offsets),
                 segment.segment_reverse_discounted_sum(values, offsets, 0.5)]  # fmt: skip
-    monkeypatch.setattr(_backends, "has_cpu_scans", lambda: False)
+    monkeypatch.setattr(_backends, "_SCANS_ON", {"cpu": ()})
     doubling = [segment.segment_reverse_cummin(values, offsets), segment.segment_cumsum(values, offsets),
                 segment.segment_reverse_discounted_sum(values, offsets, 0.5)]  # fmt: skip
     for got, expected in zip(one_pass, doubling):
         torch.testing.assert_close(got, expected, equal_nan=True)
     assert torch.isnan(one_pass[0][:2]).all() and one_pass[0][2:].tolist() == [1.0, 2.0, -1.0, 0.5, 0.5]
+
+
+def test_scans_compile_without_graph_breaks(scan_path):
+    """segment's scans and rl.gae under torch.compile(fullgraph=True): the C++ scans are traced
+    through their fakes (csrc/ops.cpp schemas, _backends._register_fakes); without them (the
+    doubling path) the longest segment is read from the data, a graph break, so fullgraph refuses."""
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(40, generator=generator, dtype=torch.float64)
+    offsets = torch.tensor([0, 0, 7, 8, 30, 40])
+    rewards, critic = torch.randn(4, 9, generator=generator), torch.randn(4, 9, generator=generator)
+    mask = torch.rand(4, 9, generator=generator) < 0.7
+
+    def scans(values, offsets, rewards, critic, mask):
+        return (segment.segment_cumsum(values, offsets, validate=False),
+                segment.segment_reverse_discounted_sum(values, offsets, 0.9, validate=False),
+                segment.segment_reverse_cummin(values, offsets, validate=False),
+                *rl.gae(rewards, critic, mask, 0.99, 0.95))  # fmt: skip
+
+    torch._dynamo.reset()
+    compiled = torch.compile(scans, fullgraph=True, backend="aot_eager")
+    if scan_path == "doubling":
+        with pytest.raises(Exception, match="(?i)graph break|data-dependent|item|unsupported"):
+            compiled(values, offsets, rewards, critic, mask)
+        return
+    for got, expected in zip(compiled(values, offsets, rewards, critic, mask), scans(values, offsets, rewards, critic, mask)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
