@@ -154,23 +154,15 @@ def _is_prefix_mask(mask: Tensor) -> bool:
 
 def _gae_right_padded(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float):
     """GAE when each row's trajectory is a prefix: the zeros after it add nothing, so the reverse
-    discounted sum runs on whole rows: one pass where the registry has a scan kernel, else doubling passes with shifted
-    slices (no gathers, no segment bookkeeping)."""
+    discounted sum runs on whole rows, each row one segment of segment's linear scan."""
     next_values = torch.zeros_like(values)
     next_values[:, :-1] = (values * mask)[:, 1:]
     advantages = (rewards + gamma * next_values - values) * mask
-    decay = float(gamma) * float(lam)
     rows, length = advantages.shape
-    if _backends.scan_backend(advantages) is not None and advantages.numel():
-        row_offsets = torch.arange(0, rows * length + 1, length, device=advantages.device)
-        scanned = _backends.linear_scan(advantages.reshape(-1), row_offsets, decay, reverse=True)
-        advantages = scanned.view(rows, length)
-        return advantages, (advantages + values) * mask
-    shift = 1
-    while shift < length:
-        shifted = advantages.clone()
-        shifted[:, :-shift] += decay**shift * advantages[:, shift:]
-        advantages, shift = shifted, shift * 2
+    row_offsets = torch.arange(rows + 1, device=advantages.device) * length
+    scanned = segment_reverse_discounted_sum(advantages.reshape(-1), row_offsets, float(gamma) * float(lam),
+                                             validate=False)  # fmt: skip
+    advantages = scanned.view(rows, length)
     return advantages, (advantages + values) * mask
 
 

@@ -83,6 +83,24 @@ def test_linear_scan_carries_across_chunks(reverse, decay, dtype, seed):
     torch.testing.assert_close(got.double(), loop_linear_scan(values, offsets, decay, reverse), **tol)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("block", [16, 1024], ids=["chunked", "one_chunk"])
+def test_linear_scan_keeps_nan_and_inf_inside_their_segment(reverse, block):
+    """SPEC 4: a NaN or inf reaches the rest of its own segment and no other, inside a chunk and
+    across chunk carries (a restart written as a multiplication by 0 made 0 * NaN = NaN leak)."""
+    from crm_kernels._triton.scan import segment_linear_scan
+
+    lengths = torch.tensor([3, 20, 0, 17, 30, 5])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    values = torch.randn(int(offsets[-1]), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    values[1], values[30], values[60] = float("nan"), float("inf"), float("-inf")  # segments 0, 3 and 4
+    for decay in (0.9, 1.0):
+        got = segment_linear_scan(values, offsets, decay, reverse, block=block, carry_block=4)
+        torch.testing.assert_close(got, loop_linear_scan(values, offsets, decay, reverse), rtol=1e-12, atol=1e-12,
+                                   equal_nan=True)  # fmt: skip
+        assert got[3:23].isfinite().all() and got[70:].isfinite().all()  # segments 1 and 5 untouched
+
+
 def test_gae_and_returns_route_through_the_triton_scan(monkeypatch, seed):
     """rl.gae's right-padded rows and rl.returns_to_go as they run on GPUs, with the dispatch
     forced onto the Triton scan (interpreted here)."""

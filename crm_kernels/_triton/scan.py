@@ -1,59 +1,80 @@
 """One-pass segmented linear scans in Triton: y_t = x_t + decay * y_{t-1} within each segment (or
 y_{t+1} reading back to front), the returns-to-go and GAE recursions of crm_kernels.rl on GPUs.
 
-A step is the affine map y -> a_t * y + x_t with a_t = decay, or 0 where a segment starts; maps
-compose associatively ((a1, b1) then (a2, b2) is (a1 a2, a2 b1 + b2)), so a chunk of steps is one
-`tl.associative_scan`. Chunks are linked as in `_segments` (three launches): each chunk writes the
-map of its whole length, one program composes those into the value carried into every chunk, and
-each chunk rescans and applies its carry: y_t = B_t + A_t * carry, where A_t is 0 for a step whose
-segment started inside the chunk. Accumulates in float32 (float64 for float64 values).
+A step is the affine map y -> decay * y + x_t; maps compose associatively ((a1, b1) then (a2, b2)
+is (a1 a2, a2 b1 + b2)), so a chunk of steps is one `tl.associative_scan`. Where a segment starts,
+the composition restarts (a flag, as in `_segments`' sums), never a multiplication by 0: 0 * NaN
+would carry one trajectory's NaN or inf into the next (SPEC 4 keeps NaN inside its trajectory).
+Chunks are linked as in `_segments` (three launches): each chunk writes the map of its last
+segment and whether that segment started inside it, one program composes those into the value
+carried into every chunk, and each chunk rescans and applies its carry, y_t = B_t + A_t * carry,
+to the steps of the segment it continues. Accumulates in float32 (float64 for float64 values).
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from ._segments import BLOCK_STEPS, CARRY_BLOCK, SIZES, launch_options, chunk_layout, last_lane, search_steps, tl_dtype
+from ._segments import (
+    BLOCK_STEPS,
+    CARRY_BLOCK,
+    SIZES,
+    chunk_layout,
+    last_lane,
+    launch_options,
+    search_steps,
+    store_chunk_freshness,
+    tl_dtype,
+)
 
 
 @triton.jit
-def _compose(decay_a, value_a, decay_b, value_b):
-    return decay_a * decay_b, decay_b * value_a + value_b
+def _compose(decay_a, value_a, start_a, decay_b, value_b, start_b):
+    restart = start_b != 0
+    return (tl.where(restart, decay_b, decay_a * decay_b), tl.where(restart, value_b, decay_b * value_a + value_b),
+            start_a | start_b)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=("num_values", "num_segments", "search_steps"),
             do_not_specialize_on_alignment=("offsets_ptr", "decay_ptr"))  # fmt: skip
 def _linear_scan_kernel(
     values_ptr, offsets_ptr, decay_ptr, out_ptr, num_values: tl.int64, num_segments: tl.int64, search_steps: tl.int32,
-    chunk_decay_ptr, chunk_value_ptr, carries_ptr,
+    chunk_decay_ptr, chunk_value_ptr, chunk_fresh_ptr, carries_ptr,
     ACC: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr, FINAL: tl.constexpr,
 ):  # fmt: skip
     chunk_start, pos, valid, step, seg, seg_begin, seg_end, first_pos = chunk_layout(
         offsets_ptr, num_values, num_segments, search_steps, BLOCK, REVERSE
     )
-    decay = tl.load(decay_ptr).to(ACC)
+    decay = tl.zeros([BLOCK], dtype=ACC) + tl.load(decay_ptr).to(ACC)
     x = tl.load(values_ptr + step, mask=valid, other=0.0).to(ACC)
-    a = tl.where(pos == first_pos, 0.0, decay).to(ACC)
-    maps, sums = tl.associative_scan((a, x), 0, _compose)
+    starts = ((pos == first_pos) & valid).to(tl.int32)
+    maps, sums, _ = tl.associative_scan((decay, x, starts), 0, _compose)
     if FINAL:
         carry = tl.load(carries_ptr + tl.program_id(0))
-        tl.store(out_ptr + step, (sums + maps * carry).to(out_ptr.dtype.element_ty), mask=valid)
+        continued = tl.where(first_pos < chunk_start, sums + maps * carry, sums)
+        tl.store(out_ptr + step, continued.to(out_ptr.dtype.element_ty), mask=valid)
     else:
+        # Only full chunks' summaries are read (the last chunk carries into none), so the last
+        # lane is the chunk's last step.
         tl.store(chunk_decay_ptr + tl.program_id(0), last_lane(maps, BLOCK))
         tl.store(chunk_value_ptr + tl.program_id(0), last_lane(sums, BLOCK))
+        store_chunk_freshness(valid, first_pos, chunk_start, chunk_fresh_ptr)
 
 
 @triton.jit(do_not_specialize=SIZES)
-def _linear_carries_kernel(chunk_decay_ptr, chunk_value_ptr, carries_ptr, num_chunks: tl.int32, BLOCK: tl.constexpr):
-    """carries[c] = the value leaving chunk c - 1: the chunks' maps composed in order from 0."""
+def _linear_carries_kernel(chunk_decay_ptr, chunk_value_ptr, chunk_fresh_ptr, carries_ptr, num_chunks: tl.int32,
+                           BLOCK: tl.constexpr):  # fmt: skip
+    """carries[c] = the value leaving chunk c - 1 in the segment open there: the chunks' maps
+    composed in order from 0, restarting at a chunk whose last segment started inside it."""
     running = tl.sum(tl.zeros([BLOCK], dtype=chunk_value_ptr.dtype.element_ty), axis=0)
     for first in range(0, num_chunks, BLOCK):
         chunk = first + tl.arange(0, BLOCK)
         inside = chunk < num_chunks
         decay = tl.load(chunk_decay_ptr + chunk, mask=inside, other=1.0)  # past the end: identity
         value = tl.load(chunk_value_ptr + chunk, mask=inside, other=0.0)
-        maps, sums = tl.associative_scan((decay, value), 0, _compose)
-        leaving = sums + maps * running
+        fresh = tl.load(chunk_fresh_ptr + chunk, mask=inside, other=0)
+        maps, sums, seen_fresh = tl.associative_scan((decay, value, fresh), 0, _compose)
+        leaving = tl.where(seen_fresh != 0, sums, sums + maps * running)
         tl.store(carries_ptr + chunk + 1, leaving, mask=chunk + 1 < num_chunks)
         running = last_lane(leaving, BLOCK)
 
@@ -70,13 +91,15 @@ def segment_linear_scan(values: torch.Tensor, offsets: torch.Tensor, decay: floa
     num_chunks = triton.cdiv(num_values, block)
     chunk_decay = torch.empty(num_chunks, dtype=values.dtype, device=values.device)
     chunk_value = torch.empty_like(chunk_decay)
+    chunk_fresh = torch.empty(num_chunks, dtype=torch.int32, device=values.device)
     carries = torch.zeros_like(chunk_decay)
     args = (values, offsets, decay_tensor, out, num_values, num_segments, search_steps(num_segments),
-            chunk_decay, chunk_value, carries)  # fmt: skip
+            chunk_decay, chunk_value, chunk_fresh, carries)  # fmt: skip
     options = launch_options(values.dtype)
     meta = dict(ACC=tl_dtype(values.dtype), BLOCK=block, REVERSE=reverse, **options)
     if num_chunks > 1:
         _linear_scan_kernel[(num_chunks,)](*args, FINAL=False, **meta)
-        _linear_carries_kernel[(1,)](chunk_decay, chunk_value, carries, num_chunks, BLOCK=carry_block, **options)
+        _linear_carries_kernel[(1,)](chunk_decay, chunk_value, chunk_fresh, carries, num_chunks, BLOCK=carry_block,
+                                     **options)  # fmt: skip
     _linear_scan_kernel[(num_chunks,)](*args, FINAL=True, **meta)
     return out
