@@ -7,7 +7,8 @@ A scan runs in three launches (reduce, then scan, then re-scan with carries):
 1. each chunk scans its values with an (value, starts-a-segment) associative scan and writes the
    partial sum of its last segment (`tails`) and whether that segment started inside it (`fresh`);
 2. one program scans those chunk summaries, the same segmented sum one level up, giving the sum
-   carried into each chunk by a segment that started before it (`carries`);
+   carried into each chunk by a segment that started before it (`carries`); the same carries
+   kernel serves scan.py's linear scans, whose chunk summaries are affine maps (`compose_affine`);
 3. each chunk scans again and adds its carry to the steps of the segment it continues.
 
 Nothing is computed as "global prefix minus segment start" (SPEC 4 forbids the cancellation), no
@@ -140,10 +141,22 @@ def add_carry(sums, channel, first_pos, chunk_start, carries_ptr, num_chunks):
     return sums + tl.where(first_pos < chunk_start, carry, 0.0)
 
 
+@triton.jit
+def compose_affine(decay_a, value_a, start_a, decay_b, value_b, start_b):
+    """Two affine maps y -> decay * y + value in order, restarting where b starts a segment (a
+    flag, never a multiplication by 0, which would carry NaN across segments). The segmented sum
+    is the case decay = 1; the linear scans of scan.py take any decay."""
+    restart = start_b != 0
+    return (tl.where(restart, decay_b, decay_a * decay_b), tl.where(restart, value_b, decay_b * value_a + value_b),
+            start_a | start_b)  # fmt: skip
+
+
 @triton.jit(do_not_specialize=SIZES)
-def _chunk_carries_kernel(tails_ptr, fresh_ptr, carries_ptr, num_chunks: tl.int32, BLOCK: tl.constexpr):
-    """Phase 2, one program per channel: carries[c] = running sum of the segment open at the end
-    of chunk c - 1. The same segmented sum as inside a chunk, over chunk summaries."""
+def _chunk_carries_kernel(chunk_decay_ptr, tails_ptr, fresh_ptr, carries_ptr, num_chunks: tl.int32,
+                          HAS_DECAY: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """Phase 2, one program per channel: carries[c] = the value of the segment open at the end of
+    chunk c - 1, the chunks' summaries (decay^length, tail, fresh) composed in order from chunk 0.
+    Sums (HAS_DECAY false) have decay 1; scan.py's linear scans pass each chunk's decay."""
     channel = tl.program_id(0)
     tails_ptr += channel * num_chunks
     carries_ptr += channel * num_chunks
@@ -153,10 +166,14 @@ def _chunk_carries_kernel(tails_ptr, fresh_ptr, carries_ptr, num_chunks: tl.int3
         inside = chunk < num_chunks
         tails = tl.load(tails_ptr + chunk, mask=inside, other=0.0)
         fresh = tl.load(fresh_ptr + chunk, mask=inside, other=0)
-        sums, seen_fresh = tl.associative_scan((tails, fresh), 0, _segmented_add)
-        sums = tl.where(seen_fresh != 0, sums, sums + running)
-        tl.store(carries_ptr + chunk + 1, sums, mask=chunk + 1 < num_chunks)
-        running = last_lane(sums, BLOCK)
+        if HAS_DECAY:
+            decay = tl.load(chunk_decay_ptr + chunk, mask=inside, other=1.0)  # past the end: identity
+        else:
+            decay = tl.zeros_like(tails) + 1.0
+        maps, sums, seen_fresh = tl.associative_scan((decay, tails, fresh), 0, compose_affine)
+        leaving = tl.where(seen_fresh != 0, sums, sums + maps * running)
+        tl.store(carries_ptr + chunk + 1, leaving, mask=chunk + 1 < num_chunks)
+        running = last_lane(leaving, BLOCK)
 
 
 def byte_flags(labels: torch.Tensor) -> torch.Tensor:
@@ -186,5 +203,6 @@ def launch_scan(kernel, num_steps: int, num_channels: int, acc_dtype: torch.dtyp
     options = launch_options(acc_dtype)
     if num_chunks > 1:
         kernel[(num_chunks,)](*args, tails, fresh, carries, num_chunks, BLOCK=block, FINAL=False, **kwargs, **options)
-        _chunk_carries_kernel[(num_channels,)](tails, fresh, carries, num_chunks, BLOCK=CARRY_BLOCK, **options)
+        _chunk_carries_kernel[(num_channels,)](tails, tails, fresh, carries, num_chunks, HAS_DECAY=False,
+                                               BLOCK=CARRY_BLOCK, **options)  # fmt: skip
     kernel[(num_chunks,)](*args, tails, fresh, carries, num_chunks, BLOCK=block, FINAL=True, **kwargs, **options)

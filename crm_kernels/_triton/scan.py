@@ -1,14 +1,14 @@
 """One-pass segmented linear scans in Triton: y_t = x_t + decay * y_{t-1} within each segment (or
 y_{t+1} reading back to front), the returns-to-go and GAE recursions of crm_kernels.rl on GPUs.
 
-A step is the affine map y -> decay * y + x_t; maps compose associatively ((a1, b1) then (a2, b2)
-is (a1 a2, a2 b1 + b2)), so a chunk of steps is one `tl.associative_scan`. Where a segment starts,
-the composition restarts (a flag, as in `_segments`' sums), never a multiplication by 0: 0 * NaN
-would carry one trajectory's NaN or inf into the next (SPEC 4 keeps NaN inside its trajectory).
-Chunks are linked as in `_segments` (three launches): each chunk writes the map of its last
-segment and whether that segment started inside it, one program composes those into the value
-carried into every chunk, and each chunk rescans and applies its carry, y_t = B_t + A_t * carry,
-to the steps of the segment it continues. Accumulates in float32 (float64 for float64 values).
+A step is the affine map y -> decay * y + x_t; maps compose associatively (`_segments.compose_affine`:
+(a1, b1) then (a2, b2) is (a1 a2, a2 b1 + b2), restarting on a segment-start flag, never by a
+multiplication by 0, which would carry one trajectory's NaN or inf into the next), so a chunk of
+steps is one `tl.associative_scan`. Chunks are linked by `_segments`' scheme and carries kernel
+(three launches): each chunk writes the map of its last segment and whether that segment started
+inside it, one program composes those into the value carried into every chunk, and each chunk
+rescans and applies its carry, y_t = B_t + A_t * carry, to the steps of the segment it continues.
+Accumulates in float32 (float64 for float64 values).
 """
 
 import torch
@@ -18,21 +18,15 @@ import triton.language as tl
 from ._segments import (
     BLOCK_STEPS,
     CARRY_BLOCK,
-    SIZES,
+    _chunk_carries_kernel,
     chunk_layout,
+    compose_affine,
     last_lane,
     launch_options,
     search_steps,
     store_chunk_freshness,
     tl_dtype,
 )
-
-
-@triton.jit
-def _compose(decay_a, value_a, start_a, decay_b, value_b, start_b):
-    restart = start_b != 0
-    return (tl.where(restart, decay_b, decay_a * decay_b), tl.where(restart, value_b, decay_b * value_a + value_b),
-            start_a | start_b)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=("num_values", "num_segments", "search_steps"),
@@ -48,7 +42,7 @@ def _linear_scan_kernel(
     decay = tl.zeros([BLOCK], dtype=ACC) + tl.load(decay_ptr).to(ACC)
     x = tl.load(values_ptr + step, mask=valid, other=0.0).to(ACC)
     starts = ((pos == first_pos) & valid).to(tl.int32)
-    maps, sums, _ = tl.associative_scan((decay, x, starts), 0, _compose)
+    maps, sums, _ = tl.associative_scan((decay, x, starts), 0, compose_affine)
     if FINAL:
         carry = tl.load(carries_ptr + tl.program_id(0))
         continued = tl.where(first_pos < chunk_start, sums + maps * carry, sums)
@@ -59,24 +53,6 @@ def _linear_scan_kernel(
         tl.store(chunk_decay_ptr + tl.program_id(0), last_lane(maps, BLOCK))
         tl.store(chunk_value_ptr + tl.program_id(0), last_lane(sums, BLOCK))
         store_chunk_freshness(valid, first_pos, chunk_start, chunk_fresh_ptr)
-
-
-@triton.jit(do_not_specialize=SIZES)
-def _linear_carries_kernel(chunk_decay_ptr, chunk_value_ptr, chunk_fresh_ptr, carries_ptr, num_chunks: tl.int32,
-                           BLOCK: tl.constexpr):  # fmt: skip
-    """carries[c] = the value leaving chunk c - 1 in the segment open there: the chunks' maps
-    composed in order from 0, restarting at a chunk whose last segment started inside it."""
-    running = tl.sum(tl.zeros([BLOCK], dtype=chunk_value_ptr.dtype.element_ty), axis=0)
-    for first in range(0, num_chunks, BLOCK):
-        chunk = first + tl.arange(0, BLOCK)
-        inside = chunk < num_chunks
-        decay = tl.load(chunk_decay_ptr + chunk, mask=inside, other=1.0)  # past the end: identity
-        value = tl.load(chunk_value_ptr + chunk, mask=inside, other=0.0)
-        fresh = tl.load(chunk_fresh_ptr + chunk, mask=inside, other=0)
-        maps, sums, seen_fresh = tl.associative_scan((decay, value, fresh), 0, _compose)
-        leaving = tl.where(seen_fresh != 0, sums, sums + maps * running)
-        tl.store(carries_ptr + chunk + 1, leaving, mask=chunk + 1 < num_chunks)
-        running = last_lane(leaving, BLOCK)
 
 
 def segment_linear_scan(values: torch.Tensor, offsets: torch.Tensor, decay: float, reverse: bool,
@@ -99,7 +75,7 @@ def segment_linear_scan(values: torch.Tensor, offsets: torch.Tensor, decay: floa
     meta = dict(ACC=tl_dtype(values.dtype), BLOCK=block, REVERSE=reverse, **options)
     if num_chunks > 1:
         _linear_scan_kernel[(num_chunks,)](*args, FINAL=False, **meta)
-        _linear_carries_kernel[(1,)](chunk_decay, chunk_value, chunk_fresh, carries, num_chunks, BLOCK=carry_block,
-                                     **options)  # fmt: skip
+        _chunk_carries_kernel[(1,)](chunk_decay, chunk_value, chunk_fresh, carries, num_chunks, HAS_DECAY=True,
+                                    BLOCK=carry_block, **options)  # fmt: skip
     _linear_scan_kernel[(num_chunks,)](*args, FINAL=True, **meta)
     return out
