@@ -109,25 +109,34 @@ def is_available(backend: str, device: torch.device) -> bool:
     return False
 
 
+def _per_device_constant(cache: dict[str, tuple[str, ...]]):
+    """Decorator: `compute(device_type)` cached in `cache` for the program's life, and a constant
+    for torch.compile. What runs where does not change while a program runs, and the dispatcher and
+    import queries behind it cannot be traced. The mark is what torch.compiler.assume_constant_result
+    sets, without importing torch._dynamo (0.9 s) at `import crm_kernels`; tests/test_library.py
+    checks that Dynamo still reads it. (functools.cache would hide the function from the mark.)"""
+
+    def decorate(compute):
+        def cached(device_type: str) -> tuple[str, ...]:
+            if device_type not in cache:
+                cache[device_type] = compute(device_type)
+            return cache[device_type]
+
+        cached._dynamo_marked_constant = True
+        return cached
+
+    return decorate
+
+
 _AVAILABLE_ON: dict[str, tuple[str, ...]] = {}
 
 
+@_per_device_constant(_AVAILABLE_ON)
 def _available_on(device_type: str) -> tuple[str, ...]:
-    # Availability does not change while a program runs: cached for eager calls, and a constant
-    # for torch.compile (the dispatcher query behind it cannot be traced). functools.cache here
-    # would hide this function from Dynamo's constant marking below.
-    if device_type not in _AVAILABLE_ON:
-        if device_type == "cuda" and not torch.cuda.is_available():
-            _AVAILABLE_ON[device_type] = ()  # no CUDA tensor can exist: nothing runs on one
-        else:
-            order = GPU_PREFERENCE if device_type == "cuda" else ("cpu", "triton", "torch")
-            _AVAILABLE_ON[device_type] = tuple(name for name in order if is_available(name, torch.device(device_type)))
-    return _AVAILABLE_ON[device_type]
-
-
-# What torch.compiler.assume_constant_result sets, without importing torch._dynamo (0.9 s) at
-# `import crm_kernels`; tests/test_library.py checks that Dynamo still reads this attribute.
-_available_on._dynamo_marked_constant = True
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return ()  # no CUDA tensor can exist: nothing runs on one
+    order = GPU_PREFERENCE if device_type == "cuda" else ("cpu", "triton", "torch")
+    return tuple(name for name in order if is_available(name, torch.device(device_type)))
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -190,19 +199,13 @@ def kernels(backend: str):
 _SCANS_ON: dict[str, tuple[str, ...]] = {}
 
 
+@_per_device_constant(_SCANS_ON)
 def _scan_kernels_on(device_type: str) -> tuple[str, ...]:
-    # Cached like _available_on, and a constant for Dynamo for the same reason.
-    if device_type not in _SCANS_ON:
-        found = ()
-        if device_type == "cpu" and has_cpu_scans():
-            found = ("cpu",)
-        elif device_type == "cuda" and torch.cuda.is_available() and is_available("triton", torch.device("cuda")):
-            found = ("triton",)
-        _SCANS_ON[device_type] = found
-    return _SCANS_ON[device_type]
-
-
-_scan_kernels_on._dynamo_marked_constant = True
+    if device_type == "cpu" and has_cpu_scans():
+        return ("cpu",)
+    if device_type == "cuda" and "triton" in _available_on("cuda"):
+        return ("triton",)
+    return ()
 
 
 def scan_backend(*tensors: torch.Tensor) -> str | None:

@@ -130,11 +130,12 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
         raise ValueError(f"values and mask must have token_rewards' shape {tuple(token_rewards.shape)}")
     if token_rewards.dim() != 2:
         raise ValueError(f"token_rewards must be [B, L], got shape {tuple(token_rewards.shape)}")
-    in_one_pass = _backends.masked_gae(_float(token_rewards), values, mask, float(gamma), float(lam))
+    rewards = _float(token_rewards)
+    in_one_pass = _backends.masked_gae(rewards, values, mask, float(gamma), float(lam))
     if in_one_pass is not None:
         return in_one_pass
     if _is_prefix_mask(mask):
-        return _gae_right_padded(_float(token_rewards), _float(values), mask.to(_float(token_rewards).dtype), gamma, lam)
+        return _gae_right_padded(rewards, _float(values), mask.to(rewards.dtype), gamma, lam)
     packed_rewards, offsets = packed_from_padded(token_rewards, mask)
     packed_values, _ = packed_from_padded(values, mask)
     advantages, returns = segment_gae(packed_rewards, packed_values, offsets, gamma, lam, validate=False)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import ops
 from ._numerics import accumulate_dtype, softplus
-from ._validate import check_cu_steps, check_logits, check_segments
+from ._validate import check_cu_steps, check_logits, check_segments, check_step_scores
 from .segment import (
     lengths,
     segment_argmax,
@@ -54,12 +54,7 @@ def aggregate(step_values: Tensor, cu_steps: Tensor, how: str, *, validate: bool
         return segment_last(log_survival, cu_steps, empty=0.0, validate=False)
     check_segments(step_values, cu_steps, validate, values_name="step_values", offsets_name="cu_steps")
     if validate:
-        outside = (step_values < 0) | (step_values > 1)
-        if bool(outside.any()):
-            i = int(outside.nonzero()[0, 0])
-            raise ValueError(f"step_values must be step scores in [0, 1] for how={how!r} (scoring.step_scores(hazard_logits) "
-                             f"for a CRM), got step_values[{i}] = {float(step_values[i])}; hazard logits take "
-                             "how='log_survival'")  # fmt: skip
+        check_step_scores(step_values, how)
     if how == "min":
         return segment_min(step_values, cu_steps, empty=1.0, validate=False)
     if how == "last":

@@ -147,7 +147,7 @@ def segment_softmax(values: Tensor, offsets: Tensor, *, validate: bool = True) -
 # Scans. With no gradient wanted they run in one pass where the registry (_backends.linear_scan,
 # reverse_cummin) has a kernel for the tensors: on CPU tensors csrc/cpu/scan.cpp (one thread per
 # segment, sums carried in float64), the linear ones on GPUs Triton (crm_kernels/_triton/scan.py).
-# Otherwise (gradients, tracing, the running minimum on GPUs) each
+# Otherwise (gradients, the running minimum on GPUs, the Triton scan under torch.compile) each
 # is a doubling (Hillis-Steele) scan: in pass k every value combines with the one 2^k places
 # before it (after it, for reverse scans) when that one is in the same segment. Work is
 # N log2(longest segment) with no Python loop over segments or values; additions happen in a

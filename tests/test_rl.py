@@ -18,7 +18,7 @@ def scan_path(request, monkeypatch):
         if not _backends.has_cpu_scans():
             pytest.skip("the C++ extension is not built")
     else:
-        monkeypatch.setattr(_backends, "_SCANS_ON", {"cpu": ()})
+        monkeypatch.setitem(_backends._SCANS_ON, "cpu", ())
     return request.param
 
 
@@ -263,7 +263,7 @@ def test_scan_paths_agree_on_nan_empty_segments_and_int32_offsets(monkeypatch):
     offsets = torch.tensor([0, 0, 4, 4, 7], dtype=torch.int32)
     one_pass = [segment.segment_reverse_cummin(values, offsets), segment.segment_cumsum(values, offsets),
                 segment.segment_reverse_discounted_sum(values, offsets, 0.5)]  # fmt: skip
-    monkeypatch.setattr(_backends, "_SCANS_ON", {"cpu": ()})
+    monkeypatch.setitem(_backends._SCANS_ON, "cpu", ())
     doubling = [segment.segment_reverse_cummin(values, offsets), segment.segment_cumsum(values, offsets),
                 segment.segment_reverse_discounted_sum(values, offsets, 0.5)]  # fmt: skip
     for got, expected in zip(one_pass, doubling):
