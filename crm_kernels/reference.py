@@ -33,8 +33,14 @@ def log1mexp(a: torch.Tensor) -> torch.Tensor:
 
 
 def flawed_loss(log_survival_total: torch.Tensor) -> torch.Tensor:
-    """L_W = -log(1 - S(T)), with log S(T) clamped below 0 (SPEC 4); NaN passes the clamp."""
-    return -log1mexp(torch.where(log_survival_total > MAX_LOG_SURVIVAL, MAX_LOG_SURVIVAL, log_survival_total))
+    """L_W = -log(1 - S(T)), with log S(T) clamped below 0 (SPEC 4); NaN passes the clamp.
+
+    The clamp passes the gradient through, as in the kernels: dL_W/dx_t is -h_t S / (1 - S) taken
+    at the clamped value, not 0 (a torch.where would cut it, and a flawed trajectory whose steps
+    all sit below about -88 would get no push from L_W)."""
+    pass_through = log_survival_total - log_survival_total.detach()  # 0, with gradient 1
+    clamped = torch.where(log_survival_total > MAX_LOG_SURVIVAL, MAX_LOG_SURVIVAL + pass_through, log_survival_total)
+    return -log1mexp(clamped)
 
 
 def combine_losses(survive_nll, first_error_nll, outcome, first_error, weights):

@@ -52,6 +52,30 @@ def test_survival_of_one_is_clamped(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("first_error", [None, 1], ids=["z-none", "z-known"])
+def test_clamp_passes_the_gradient_through(backend, first_error):
+    """Inside the clamp, dL_W/dx_t is -h_t S / (1 - S) at the clamped log S(T) (SPEC 4), the same in
+    every backend and the oracle. Steps between -88 and -115 make it visible: h_t / 1.2e-38 is
+    1e-10 and more. A CI run once drew such a trajectory and the oracle, which cut the gradient
+    to 0 there, disagreed with the kernels by 1.4e-10."""
+    logits = torch.tensor([-110.0, -95.0, -300.0], dtype=torch.float64)
+    batch = type("B", (), dict(logits=logits, cu_steps=torch.tensor([0, 3]), outcome=torch.tensor([False])))()
+    known = None if first_error is None else torch.tensor([first_error])
+    losses, grad = loss_and_grad(batch, backend, known)
+    clamped = torch.tensor(1.17549435e-38, dtype=torch.float64)
+    l_w_grad = -torch.sigmoid(logits) / torch.expm1(clamped)  # S / (1 - S) at log S = -1.2e-38
+    expected = l_w_grad.clone()
+    if first_error is not None:
+        expected[0] += torch.sigmoid(logits[0])  # softplus(x_0) before z
+        expected[1] -= torch.sigmoid(-logits[1])  # softplus(-x_z) at z
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=0)
+    assert grad[0].item() < -1e-10  # the pass-through term is really there
+    oracle = logits.clone().requires_grad_()
+    reference.crm_loss_loop(oracle, batch.cu_steps, batch.outcome, known, reduction="sum").backward()
+    torch.testing.assert_close(oracle.grad, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_stays_in_its_trajectory(backend, seed):
     batch = make_batch(seed, torch.float32, batch=16, mean=6.0, lengths=torch.tensor([4, 5, 0, 6, 1, 3]))
     batch.outcome[:] = torch.tensor([True, False, True, False, True, False])
