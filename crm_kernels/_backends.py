@@ -2,14 +2,15 @@
 of `segment` and `rl` (a one-pass kernel where one serves the tensors). No layer above this one
 names a kernel.
 
-- "torch":  the eager reference (crm_kernels.reference), any device; autograd through torch.
+- "torch":  the padded eager reference (crm_kernels._eager over crm_kernels.reference), any device;
+            its backward is autograd's (torch.func.vjp of the recomputed forward).
 - "cpu":    the C++ kernels of csrc/cpu, CPU tensors; needs the built extension crm_kernels._C.
 - "triton": the Triton kernels of crm_kernels/_triton, CUDA tensors (CPU tensors only under
             TRITON_INTERPRET=1, for testing).
 - "cuda":   the CUDA kernels of csrc/cuda, CUDA tensors; needs the extension built with CUDA.
 
-Each compiled backend provides the same four functions (log_survival_forward/backward,
-crm_loss_forward/backward); the torch.library ops of crm_kernels/ops/ call them.
+Each backend provides the same four functions (log_survival_forward/backward,
+crm_loss_forward/backward); the torch.library ops of crm_kernels/ops/ call them, whatever the backend.
 """
 
 from __future__ import annotations
@@ -182,11 +183,15 @@ class _CompiledKernels:
 
 
 def kernels(backend: str):
-    """The module of kernel functions for a compiled backend ("cpu", "cuda" or "triton")."""
+    """The module of kernel functions for a backend: the four functions of every backend above."""
     if backend == "triton":
         from crm_kernels import _triton as triton_kernels
 
         return triton_kernels
+    if backend == "torch":
+        from crm_kernels import _eager
+
+        return _eager
     return _CompiledKernels()
 
 

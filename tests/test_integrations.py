@@ -9,7 +9,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+import crm_kernels  # noqa: E402
 from crm_kernels import ConditionalRewardModel, reference, rl  # noqa: E402
+from crm_kernels.integrations.scorer import SCORE_KINDS  # noqa: E402
 from crm_kernels.data import PRMExample, collate, encode  # noqa: E402
 from crm_kernels.integrations import CRMScorer, split_steps, step_end_mask, token_rewards, token_texts  # noqa: E402
 from crm_kernels.integrations.openrlhf import compute_process_reward, make_reward_func  # noqa: E402
@@ -179,6 +181,27 @@ def test_score_tokens_places_rewards_on_step_ends(scorer, tokenizer):
         for k, column in enumerate(columns):
             decoded = tokenizer.decode(ids[row, : column + 1])
             assert decoded.rstrip().endswith(trajectory[k].rstrip()), (decoded, trajectory[k])
+
+
+def test_scoring_checks_no_values_inside(scorer, tokenizer, monkeypatch):
+    """Validation happens once, at the public boundary: the scorer builds cu_steps itself, so no
+    inner call re-checks them (each value check is a device sync on a GPU). Every value rule of
+    crm_kernels._validate ends in _raise_first_failure or the C++ pass; both are counted."""
+    from crm_kernels import _validate
+
+    calls = []
+    for name in ("_raise_first_failure", "_compiled_check_passes"):
+        checked = getattr(_validate, name)
+        monkeypatch.setattr(_validate, name, lambda *args, _checked=checked, _name=name: calls.append(_name) or _checked(*args))
+    prompts, steps = random_trajectories(5, count=6)
+    texts, ids, mask = responses_as_policy_tokens(tokenizer, steps, [SEP] * 6)
+    scored, step_token_index = scorer.score_tokens(prompts, ids, mask, tokenizer)
+    token_rewards(scored, step_token_index, ids.shape[1])
+    for kind in SCORE_KINDS:
+        scored.score(kind)
+    assert calls == []
+    crm_kernels.segment.segment_sum(scored.step_rewards, scored.cu_steps)  # the public boundary does check
+    assert calls == ["_raise_first_failure"]
 
 
 # ---------------------------------------------------------------------------------------------

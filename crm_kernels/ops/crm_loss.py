@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import reference
 from .._backends import kernels, resolve
 from .._numerics import accumulate_dtype, reduce_losses
 from .._validate import (
@@ -27,7 +26,7 @@ from .._validate import (
     check_weights,
 )
 
-# ---- the private ops: one schema for every compiled backend ----------------------------------
+# ---- the private ops: one schema for every backend ------------------------------------------
 
 
 @torch.library.custom_op("crm_kernels::_crm_loss", mutates_args=())
@@ -132,12 +131,7 @@ def crm_loss(
     check_first_error(first_error, batch, logits)
     weights = check_weights(weights)
     check_reduction(reduction, normalizer, validate)
-    backend = resolve(backend, logits.device)
-    if backend == "torch":  # the eager reference, differentiated by autograd
-        if validate:
-            check_values(logits, cu_steps, outcome, first_error)
-        return reference.crm_loss_padded(logits, cu_steps, outcome, first_error, weights, reduction, normalizer)
-    losses, _ = _crm_loss(logits, cu_steps, outcome, first_error, *weights, backend, validate)
+    losses, _ = _crm_loss(logits, cu_steps, outcome, first_error, *weights, resolve(backend, logits.device), validate)
     return reduce_losses(losses, reduction, normalizer)
 
 

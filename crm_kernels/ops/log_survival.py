@@ -8,12 +8,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import reference
 from .._backends import kernels, resolve
 from .._numerics import accumulate_dtype
 from .._validate import check_cu_steps, check_logits, check_values
 
-# ---- the private ops: one schema for every compiled backend ----------------------------------
+# ---- the private ops: one schema for every backend ------------------------------------------
 
 
 @torch.library.custom_op("crm_kernels::_log_survival", mutates_args=())
@@ -75,9 +74,4 @@ def log_survival(logits: Tensor, cu_steps: Tensor, *, validate: bool = True, bac
     """
     check_logits(logits)
     check_cu_steps(cu_steps, logits)
-    backend = resolve(backend, logits.device)
-    if backend == "torch":  # the eager reference, differentiated by autograd
-        if validate:
-            check_values(logits, cu_steps)
-        return reference.log_survival_padded(logits, cu_steps)
-    return _log_survival(logits, cu_steps, backend, validate)
+    return _log_survival(logits, cu_steps, resolve(backend, logits.device), validate)

@@ -1,0 +1,48 @@
+"""The "torch" backend: the padded eager reference behind the kernel interface of the compiled
+backends, so that every backend runs through the same private ops (crm_kernels/ops/).
+
+It runs on any device torch supports and is the fallback where no kernel is built. Its backward
+recomputes the forward and differentiates it with torch.func.vjp: a custom op's implementation runs
+below the autograd dispatch key, where plain autograd records nothing, and the functorch
+transform brings its own. The gradient is therefore autograd's, independent of the kernels'
+hand-written backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+
+def _vjp(forward, logits: Tensor, grad_output: Tensor) -> Tensor:
+    _, pullback = torch.func.vjp(forward, logits)
+    (grad_logits,) = pullback(grad_output)
+    return grad_logits
+
+
+def log_survival_forward(logits: Tensor, cu_steps: Tensor) -> Tensor:
+    return reference.log_survival_padded(logits, cu_steps)
+
+
+def log_survival_backward(grad_log_survival: Tensor, logits: Tensor, cu_steps: Tensor) -> Tensor:
+    return _vjp(lambda x: reference.log_survival_padded(x, cu_steps), logits, grad_log_survival)
+
+
+def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error):
+    weights = (w_survive, w_wrong, w_first_error)
+    losses = reference.crm_loss_padded(logits, cu_steps, outcome, first_error, weights, reduction="none")
+    padded, mask = reference.pad(logits, cu_steps)
+    log_survival = reference.log_survival_from_padded(padded, mask)  # [B, longest], constant past each end
+    log_survival_total = log_survival[:, -1] if log_survival.shape[1] else losses.new_zeros(losses.shape)
+    return losses, log_survival_total
+
+
+def crm_loss_backward(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong,
+                      w_first_error):  # fmt: skip
+    weights = (w_survive, w_wrong, w_first_error)
+    return _vjp(
+        lambda x: reference.crm_loss_padded(x, cu_steps, outcome, first_error, weights, reduction="none"),
+        logits, grad_losses,
+    )  # fmt: skip
