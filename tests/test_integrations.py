@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 import crm_kernels  # noqa: E402
 from crm_kernels import ConditionalRewardModel, reference, rl  # noqa: E402
-from crm_kernels.integrations.scorer import SCORE_KINDS  # noqa: E402
+from crm_kernels.integrations import SCORE_KINDS  # noqa: E402
 from crm_kernels.data import PRMExample, collate, encode  # noqa: E402
 from crm_kernels.integrations import CRMScorer, split_steps, step_end_mask, token_rewards, token_texts  # noqa: E402
 from crm_kernels.integrations.openrlhf import compute_process_reward, make_reward_func  # noqa: E402

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .scorer import SCORE_KINDS, CRMScorer, token_rewards
+from .rollouts import SCORE_KINDS, CRMScorer, token_rewards
 
 
 def make_reward_func(scorer: CRMScorer, score: str = "log_survival", special_tokens: Sequence[str] = ()):

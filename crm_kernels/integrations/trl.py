@@ -9,7 +9,7 @@ the CRM's log-probability that the answer is right, by default.
 
 from __future__ import annotations
 
-from .scorer import SCORE_KINDS, CRMScorer
+from .rollouts import SCORE_KINDS, CRMScorer
 
 
 def _text(message) -> str:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .scorer import SCORE_KINDS, CRMScorer
+from .rollouts import SCORE_KINDS, CRMScorer
 
 REWARD_MANAGER_NAME = "crm"
 REWARD_KWARGS = ("crm_path", "step_separator", "score", "outcome_weight", "empty_score", "device", "batch_size")

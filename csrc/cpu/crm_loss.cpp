@@ -162,20 +162,18 @@ std::tuple<at::Tensor, at::Tensor> crm_loss_forward(const at::Tensor& logits, co
   return {losses, log_survival_total};
 }
 
-at::Tensor crm_loss_backward(const at::Tensor& grad_losses_in, const at::Tensor& logits, const at::Tensor& cu_steps,
+at::Tensor crm_loss_backward(const at::Tensor& grad_losses, const at::Tensor& logits, const at::Tensor& cu_steps,
                              const at::Tensor& outcome, const std::optional<at::Tensor>& first_error,
-                             const at::Tensor& log_survival_total_in, double w_survive, double w_wrong,
+                             const at::Tensor& log_survival_total, double w_survive, double w_wrong,
                              double w_first_error) {
-  const LossInputs in(logits, cu_steps, outcome, first_error);
-  const at::Tensor grad_losses = in.per_trajectory(grad_losses_in, "grad_losses");
-  const at::Tensor log_survival_total = in.per_trajectory(log_survival_total_in, "log_survival_total");
+  const LossBackwardInputs in(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total);
   at::Tensor grad_logits = at::empty_like(in.logits);
   CRM_DISPATCH_LOGITS_AND_OFFSETS(in.logits, in.cu_steps, "crm_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     crm_loss_backward_kernel<scalar_t, index_t>(
-        grad_losses.const_data_ptr<acc_t>(), in.logits.const_data_ptr<scalar_t>(),
+        in.grad_losses.const_data_ptr<acc_t>(), in.logits.const_data_ptr<scalar_t>(),
         in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
-        Labels{in.labels.correct_ptr(), in.labels.first_error_ptr()}, log_survival_total.const_data_ptr<acc_t>(),
+        Labels{in.labels.correct_ptr(), in.labels.first_error_ptr()}, in.log_survival_total.const_data_ptr<acc_t>(),
         LossWeights{w_survive, w_wrong, w_first_error}, grad_logits.mutable_data_ptr<scalar_t>());
   });
   return grad_logits;

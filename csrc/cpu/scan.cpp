@@ -4,7 +4,9 @@
 // which is what bounds it on long responses. Here each segment (or row) is walked once, in order,
 // by one thread, and sums are carried in double: float32 results are correctly rounded sums
 // whatever the length, with no cancellation, and bitwise the same for any thread count.
-// Offsets are clamped to [0, N] before use, so no input makes a kernel leave its buffers.
+// The walk is sweep.h's (ranges of whole segments per thread, offsets clamped by clamped_bounds, so
+// no input makes a kernel leave its buffers); its blocked visitor is not needed here, as these
+// scans have no elementwise transform to vectorize.
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -20,12 +22,6 @@
 
 namespace crm::cpu {
 namespace {
-
-// Segment [begin, end) of b, clamped into [0, n].
-inline std::pair<int64_t, int64_t> segment_bounds(const int64_t* offsets, int64_t b, int64_t n) {
-  const int64_t begin = std::clamp<int64_t>(offsets[b], 0, n);
-  return {begin, std::clamp<int64_t>(offsets[b + 1], begin, n)};
-}
 
 void check_scan_inputs(const at::Tensor& values, const at::Tensor& offsets) {
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), "values must be a contiguous 1-D tensor");
@@ -49,7 +45,7 @@ at::Tensor scan_segments(const at::Tensor& values, const at::Tensor& offsets, co
     scalar_t* y = out.data_ptr<scalar_t>();
     parallel_for_trajectories(cu, num_segments, n, [&](int64_t b_begin, int64_t b_end) {
       for (int64_t b = b_begin; b < b_end; ++b) {
-        const auto [begin, end] = segment_bounds(cu, b, n);
+        const auto [begin, end] = clamped_bounds(cu, b, n);
         visit(x, y, begin, end);
       }
     });

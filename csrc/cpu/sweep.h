@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "crm_ops.h"
 
@@ -29,6 +30,19 @@ namespace crm::cpu {
 constexpr int64_t kBlockSteps = 1024;
 // Below this many steps per range, threading costs more than it saves.
 constexpr int64_t kMinStepsPerRange = 16384;
+
+// Offset b clamped into [lower, num_steps]: every offset a CPU kernel reads goes through here.
+template <typename index_t>
+int64_t clamped_offset(const index_t* cu_steps, int64_t b, int64_t lower, int64_t num_steps) {
+  return std::clamp<int64_t>(static_cast<int64_t>(cu_steps[b]), lower, num_steps);
+}
+
+// Trajectory b's steps [begin, end), inside [0, num_steps] whatever the offsets hold.
+template <typename index_t>
+std::pair<int64_t, int64_t> clamped_bounds(const index_t* cu_steps, int64_t b, int64_t num_steps) {
+  const int64_t begin = clamped_offset(cu_steps, b, 0, num_steps);
+  return {begin, clamped_offset(cu_steps, b + 1, begin, num_steps)};
+}
 
 template <typename index_t, typename RangeFn>
 void parallel_for_trajectories(const index_t* cu_steps, int64_t num_trajectories, int64_t num_steps,
@@ -100,10 +114,8 @@ at::vec::Vectorized<acc_t> lane_mask(const T* values, int64_t count, const Predi
 template <bool kReverse, typename index_t, typename acc_t, typename Transform, typename Visitor>
 void sweep(const index_t* cu_steps, int64_t b_begin, int64_t b_end, int64_t num_steps, const Transform& transform,
            Visitor& visitor) {
-  auto offset = [&](int64_t b, int64_t lower) {
-    return std::clamp<int64_t>(static_cast<int64_t>(cu_steps[b]), lower, num_steps);
-  };
-  const int64_t first = offset(b_begin, 0), last = offset(b_end, first);
+  const int64_t first = clamped_offset(cu_steps, b_begin, 0, num_steps);
+  const int64_t last = clamped_offset(cu_steps, b_end, first, num_steps);
   alignas(64) acc_t values[kBlockSteps];
   int64_t b = kReverse ? b_end - 1 : b_begin;
   auto more = [&] { return kReverse ? b >= b_begin : b < b_end; };
@@ -113,7 +125,7 @@ void sweep(const index_t* cu_steps, int64_t b_begin, int64_t b_end, int64_t num_
     const int64_t block_lo = kReverse ? last - done - count : first + done, block_hi = block_lo + count;
     transform(block_lo, count, values);
     for (; more(); kReverse ? --b : ++b) {
-      const int64_t start = offset(b, 0), end = offset(b + 1, start);
+      const auto [start, end] = clamped_bounds(cu_steps, b, num_steps);
       if (!open) visitor.begin(b);
       open = true;
       const int64_t lo = std::max(start, block_lo), hi = std::min(end, block_hi);

@@ -21,24 +21,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
                             const Running2<acc_t>* carries) {
   ThreadSteps<false, index_t> steps(cu_steps, num_trajectories, num_steps, blockIdx.x);
   Running2<acc_t> items[kItems];
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    items[i] = {acc_t(0), acc_t(0), 0};
-    if (!steps.valid(i)) continue;
-    steps.advance(i);
+  scan_chunk<kFinal>(steps, [&](int i) {
     const acc_t x = widen<acc_t>(logits[steps.step(i)]);
     const acc_t tail = softplus_tail(x);
     const acc_t softplus_x = Math<acc_t>::relu(x) + tail;
     const int64_t index = steps.step(i) - steps.seg_begin(), z = first_error_of(first_error, steps.seg);
-    items[i] = {softplus_x, first_error_term(x, softplus_x, tail, index, z), steps.starts_segment(i)};
-  }
-  // advance() leaves `seg` at the thread's last valid step; the epilogue walks again from the first.
-  const Running2<acc_t> carry = kFinal ? carries[blockIdx.x] : Running2<acc_t>{};
-  Running2<acc_t> total;
-  scan_thread_items(items, Running2<acc_t>{carry.first, carry.second, 0}, total);
-  if constexpr (!kFinal) {
-    if (threadIdx.x == 0) summaries[blockIdx.x] = total;
-  } else {
+    return Running2<acc_t>{softplus_x, first_error_term(x, softplus_x, tail, index, z), steps.starts_segment(i)};
+  }, items, summaries, carries);
+  if constexpr (kFinal) {
+    // scan_chunk left `steps` at the thread's last valid step; the epilogue walks again from the first.
     ThreadSteps<false, index_t> epilogue(cu_steps, num_trajectories, num_steps, blockIdx.x);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {

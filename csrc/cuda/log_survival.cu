@@ -13,18 +13,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
                                 const Running<acc_t>* carries) {
   ThreadSteps<false, index_t> steps(cu_steps, num_trajectories, num_steps, blockIdx.x);
   Running<acc_t> items[kItems];
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    items[i] = {acc_t(0), 0};
-    if (!steps.valid(i)) continue;
-    steps.advance(i);
-    items[i] = {softplus(widen<acc_t>(logits[steps.step(i)])), steps.starts_segment(i)};
-  }
-  Running<acc_t> total;
-  scan_thread_items(items, Running<acc_t>{kFinal ? carries[blockIdx.x].value : acc_t(0), 0}, total);
-  if constexpr (!kFinal) {
-    if (threadIdx.x == 0) summaries[blockIdx.x] = total;
-  } else {
+  scan_chunk<kFinal>(steps, [&](int i) {
+    return Running<acc_t>{softplus(widen<acc_t>(logits[steps.step(i)])), steps.starts_segment(i)};
+  }, items, summaries, carries);
+  if constexpr (kFinal) {
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       if (steps.valid(i)) log_survival[steps.step(i)] = -items[i].value;
@@ -39,18 +31,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
                                  Running<acc_t>* summaries, const Running<acc_t>* carries) {
   ThreadSteps<true, index_t> steps(cu_steps, num_trajectories, num_steps, blockIdx.x);
   Running<acc_t> items[kItems];
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    items[i] = {acc_t(0), 0};
-    if (!steps.valid(i)) continue;
-    steps.advance(i);
-    items[i] = {grad_log_survival[steps.step(i)], steps.starts_segment(i)};
-  }
-  Running<acc_t> total;
-  scan_thread_items(items, Running<acc_t>{kFinal ? carries[blockIdx.x].value : acc_t(0), 0}, total);
-  if constexpr (!kFinal) {
-    if (threadIdx.x == 0) summaries[blockIdx.x] = total;
-  } else {
+  scan_chunk<kFinal>(steps, [&](int i) {
+    return Running<acc_t>{grad_log_survival[steps.step(i)], steps.starts_segment(i)};
+  }, items, summaries, carries);
+  if constexpr (kFinal) {
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       if (!steps.valid(i)) continue;

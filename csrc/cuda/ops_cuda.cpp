@@ -107,21 +107,19 @@ std::tuple<at::Tensor, at::Tensor> crm_loss_forward_op(const at::Tensor& logits,
   return {losses, log_survival_total};
 }
 
-at::Tensor crm_loss_backward_op(const at::Tensor& grad_losses_in, const at::Tensor& logits,
+at::Tensor crm_loss_backward_op(const at::Tensor& grad_losses, const at::Tensor& logits,
                                 const at::Tensor& cu_steps, const at::Tensor& outcome,
-                                const std::optional<at::Tensor>& first_error, const at::Tensor& log_survival_total_in,
+                                const std::optional<at::Tensor>& first_error, const at::Tensor& log_survival_total,
                                 double w_survive, double w_wrong, double w_first_error) {
   const c10::DeviceGuard guard(logits.device());
-  const LossInputs in(logits, cu_steps, outcome, first_error);
-  const at::Tensor grad_losses = in.per_trajectory(grad_losses_in, "grad_losses");
-  const at::Tensor log_survival_total = in.per_trajectory(log_survival_total_in, "log_survival_total");
+  const LossBackwardInputs in(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total);
   at::Tensor grad_logits = at::empty_like(in.logits);
   CRM_DISPATCH_LOGITS_AND_OFFSETS(in.logits, in.cu_steps, "crm_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    check(crm_loss_backward(grad_losses.const_data_ptr<acc_t>(), native<scalar_t>(in.logits),
+    check(crm_loss_backward(in.grad_losses.const_data_ptr<acc_t>(), native<scalar_t>(in.logits),
                             in.cu_steps.const_data_ptr<index_t>(), in.batch, in.logits.numel(),
                             in.labels.correct_ptr(), in.labels.first_error_ptr(),
-                            log_survival_total.const_data_ptr<acc_t>(), LossWeights{w_survive, w_wrong, w_first_error},
+                            in.log_survival_total.const_data_ptr<acc_t>(), LossWeights{w_survive, w_wrong, w_first_error},
                             native_mut<scalar_t>(grad_logits), current_stream(in.logits)));
   });
   return grad_logits;

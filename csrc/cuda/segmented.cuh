@@ -60,6 +60,16 @@ struct Running2 {
   int started;
 };
 
+// A carried sum, continuing the segment it is added to (its start flag dropped).
+template <typename T>
+__device__ __forceinline__ Running<T> continuing(const Running<T>& carry) {
+  return {carry.value, 0};
+}
+template <typename T>
+__device__ __forceinline__ Running2<T> continuing(const Running2<T>& carry) {
+  return {carry.first, carry.second, 0};
+}
+
 struct SegmentedAdd {
   template <typename T>
   __device__ __forceinline__ Running<T> operator()(const Running<T>& a, const Running<T>& b) const {
@@ -150,6 +160,28 @@ __device__ __forceinline__ void scan_thread_items(P (&items)[kItems], const P& i
   BlockScan(temp).ExclusiveScan(thread_total, running, initial, SegmentedAdd(), block_total);
 #pragma unroll
   for (int i = 0; i < kItems; ++i) items[i] = running = SegmentedAdd()(running, items[i]);
+}
+
+// One chunk's pass of a three-phase scan, what every scanning kernel runs: items[i] =
+// make_item(i) for each of the thread's valid steps (after steps.advance(i); P{} past the end),
+// scanned block-wide from the carry into this chunk (final pass), or, in the first pass, reduced
+// to the chunk's summary. `steps` is left at the thread's last valid step.
+template <bool kFinal, typename P, typename Steps, typename MakeItem>
+__device__ __forceinline__ void scan_chunk(Steps& steps, const MakeItem& make_item, P (&items)[kItems],
+                                           P* summaries, const P* carries) {
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    items[i] = P{};
+    if (!steps.valid(i)) continue;
+    steps.advance(i);
+    items[i] = make_item(i);
+  }
+  const P carry = kFinal ? continuing(carries[blockIdx.x]) : P{};
+  P total;
+  scan_thread_items(items, carry, total);
+  if constexpr (!kFinal) {
+    if (threadIdx.x == 0) summaries[blockIdx.x] = total;
+  }
 }
 
 // Bytes of scratch a three-phase scan of num_steps needs: chunk summaries and carries.

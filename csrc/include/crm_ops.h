@@ -62,4 +62,15 @@ struct LossInputs {
   }
 };
 
+// crm_loss_backward's inputs: the forward's, plus the upstream gradient and the saved log S(T).
+struct LossBackwardInputs : LossInputs {
+  at::Tensor grad_losses, log_survival_total;
+  LossBackwardInputs(const at::Tensor& grad_losses_in, const at::Tensor& logits_in, const at::Tensor& cu_steps_in,
+                     const at::Tensor& outcome, const std::optional<at::Tensor>& first_error,
+                     const at::Tensor& log_survival_total_in)
+      : LossInputs(logits_in, cu_steps_in, outcome, first_error),
+        grad_losses(per_trajectory(grad_losses_in, "grad_losses")),
+        log_survival_total(per_trajectory(log_survival_total_in, "log_survival_total")) {}
+};
+
 }  // namespace crm
