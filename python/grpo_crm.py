@@ -3,8 +3,8 @@
     python python/grpo_crm.py                          # trains a small CRM first, then the policy
     python python/grpo_crm.py --crm train_crm_out/model
 
-The CRM is the one python/train_crm.py trains on the synthetic arithmetic task (trained here for
---crm-steps steps unless --crm gives a saved one). The policy is a tiny randomly initialized
+The CRM is the one python/train_crm.py trains on the synthetic arithmetic task
+(`crm_kernels.tasks.arithmetic.trained_scorer`, --crm-steps steps, unless --crm gives a saved one). The policy is a tiny randomly initialized
 Llama over the same vocabulary, asked the task's questions ("Q 3 +4 -2"); every word it writes is
 one step ("3+4=7"), so the step separator is a space. Two rewards, as a process reward is used in
 practice: the CRM's log S(T) (`crm_kernels.integrations.trl.make_grpo_reward_func`) and an
@@ -21,21 +21,16 @@ It shows the plumbing, not a trained reasoner: a random 2-layer policy and a few
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
-import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]
-
-from crm_kernels.integrations import CRMScorer  # noqa: E402
-from crm_kernels.integrations.trl import make_grpo_reward_func  # noqa: E402
-
-import synthetic_arithmetic as synthetic  # noqa: E402
-import train_crm  # noqa: E402
+from crm_kernels.integrations import CRMScorer
+from crm_kernels.integrations.trl import make_grpo_reward_func
+from crm_kernels.tasks import arithmetic
 
 
 def parse_args(argv=None):
@@ -53,23 +48,15 @@ def parse_args(argv=None):
     parser.add_argument("--empty-score", type=float, default=-50.0,
                         help="CRM reward of a completion with no step (else it would score log S = 0, the best)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="grpo_crm_out")
+    parser.add_argument("--out", default="grpo_crm_out", help="TRL's output_dir; report.json is written there")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
 
-def load_or_train_crm(args):
+def load_or_train_crm(args) -> CRMScorer:
     if args.crm:
         return CRMScorer.from_pretrained(args.crm, step_separator=" ")
-    tokenizer = synthetic.build_tokenizer()
-    model = train_crm.default_model(tokenizer, args.seed)
-    examples = [s.example for s in synthetic.make_dataset(args.crm_steps * 64, args.seed)]
-    settings = argparse.Namespace(lr=2e-3, steps=args.crm_steps, batch_size=64, seed=args.seed, device="cpu",
-                                  no_progress=args.no_progress)  # fmt: skip
-    from crm_kernels.data import PRMCollator
-
-    train_crm.train(model, PRMCollator(tokenizer, synthetic.STEP_TAG), examples, settings)
-    return CRMScorer(model.eval(), tokenizer, synthetic.STEP_TAG, step_separator=" ")
+    return arithmetic.trained_scorer(args.crm_steps, args.seed, progress=not args.no_progress)
 
 
 def tiny_policy(tokenizer, seed: int):
@@ -95,7 +82,7 @@ def answer_correct(prompts, completions, answer, **kwargs) -> list[float]:
 def final_samples(policy, tokenizer, scorer, rng, args, count: int = 4) -> list[dict]:
     """What the trained policy writes for new questions (greedy), with the CRM's S(T) and the
     verifier's verdict: where they disagree, the policy has found steps the CRM trusts wrongly."""
-    problems = [synthetic.make_problem(rng) for _ in range(count)]
+    problems = [arithmetic.make_problem(rng) for _ in range(count)]
     samples = []
     policy.eval()
     for problem in problems:
@@ -119,10 +106,10 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     scorer = load_or_train_crm(args)
     crm_seconds = time.perf_counter() - started
-    tokenizer = synthetic.build_tokenizer()
+    tokenizer = arithmetic.build_tokenizer()
     tokenizer.eos_token = "[PAD]"  # the vocabulary has no end token: padding ends a completion
     rng = random.Random(args.seed + 1)
-    problems = [synthetic.make_problem(rng) for _ in range(args.steps * args.prompts_per_step)]
+    problems = [arithmetic.make_problem(rng) for _ in range(args.steps * args.prompts_per_step)]
     dataset = Dataset.from_dict({"prompt": [p.question for p in problems], "answer": [p.answer for p in problems]})
     config = GRPOConfig(
         output_dir=args.out, max_steps=args.steps, learning_rate=args.lr, seed=args.seed,
@@ -150,6 +137,9 @@ def main(argv=None) -> dict:
             report[f"{name}_first_quarter"] = mean(key, history[:quarter])
             report[f"{name}_last_quarter"] = mean(key, history[-quarter:])
     report["samples"] = final_samples(trainer.model, tokenizer, scorer, rng, args)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
     print(f"CRM ready in {crm_seconds:.1f} s; GRPO {report['steps']} steps in {report['grpo_seconds']:.1f} s")
     for name in ("crm_reward", "crm_survival", "steps_written", "accuracy"):
         if f"{name}_first_quarter" in report:

@@ -12,22 +12,15 @@ trained first (about 10 s on a CPU).
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]
-
-from crm_kernels import rl  # noqa: E402
-from crm_kernels.integrations import token_rewards  # noqa: E402
-from crm_kernels.integrations.openrlhf import make_reward_func  # noqa: E402
-from crm_kernels.integrations.trl import make_grpo_reward_func  # noqa: E402
-
-import grpo_crm  # noqa: E402
-import synthetic_arithmetic as synthetic  # noqa: E402
+from crm_kernels import rl
+from crm_kernels.integrations import CRMScorer, token_rewards
+from crm_kernels.integrations.openrlhf import make_reward_func
+from crm_kernels.integrations.trl import make_grpo_reward_func
+from crm_kernels.tasks import arithmetic
 
 
 def main(argv=None) -> dict:
@@ -38,12 +31,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--samples", type=int, default=4, help="trajectories per problem")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    scorer = grpo_crm.load_or_train_crm(argparse.Namespace(crm=args.crm, crm_steps=args.crm_steps, seed=args.seed,
-                                                           no_progress=True))  # fmt: skip
+    if args.crm:
+        scorer = CRMScorer.from_pretrained(args.crm, step_separator=" ")
+    else:
+        scorer = arithmetic.trained_scorer(args.crm_steps, args.seed)
     tokenizer = scorer.tokenizer
     rng = random.Random(args.seed + 5)
-    problems = [synthetic.make_problem(rng) for _ in range(args.problems)]
-    samples = [synthetic.sample(problem, rng) for problem in problems for _ in range(args.samples)]
+    problems = [arithmetic.make_problem(rng) for _ in range(args.problems)]
+    samples = [arithmetic.sample(problem, rng) for problem in problems for _ in range(args.samples)]
     prompts = [s.example.prompt for s in samples]
     responses = [" ".join(s.example.steps) for s in samples]
 

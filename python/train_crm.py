@@ -4,7 +4,7 @@
     python python/train_crm.py --backbone Qwen/Qwen2.5-0.5B --data prm.jsonl --step-tag "<step>"
 
 The default builds a small Llama-style transformer from a config (random init) and a word-level
-tokenizer in code, and trains it on synthetic multi-step arithmetic (python/synthetic_arithmetic.py)
+tokenizer in code, and trains it on synthetic multi-step arithmetic (crm_kernels/tasks/arithmetic.py)
 where a wrong step is injected at a known place; a share of the flawed trajectories hide where
 (as in the CRM paper's ablation), so they teach through L_W only. It then reports, on held-out
 problems:
@@ -24,23 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
-import sys
 import time
 
 import torch
 
-# Runs from a checkout: the examples' directory and the repository root (built in place by make).
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]
-
-import crm_kernels  # noqa: E402
-from crm_kernels import data, scoring  # noqa: E402
-from crm_kernels.segment import segment_ids  # noqa: E402
-
-import synthetic_arithmetic as synthetic  # noqa: E402
+import crm_kernels
+from crm_kernels import data, scoring
+from crm_kernels.tasks import arithmetic
+from crm_kernels.trainer import train
 
 
 def parse_args(argv=None):
@@ -56,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--best-of", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--backbone", help="a transformers model name or path instead of the embedded default")
     parser.add_argument("--data", help="a JSONL file of TRL or Math-Shepherd PRM records instead of the synthetic set")
-    parser.add_argument("--step-tag", default=synthetic.STEP_TAG, help="the token that ends each step")
+    parser.add_argument("--step-tag", default=arithmetic.STEP_TAG, help="the token that ends each step")
     parser.add_argument("--eval-fraction", type=float, default=0.1, help="held-out share of --data")
     parser.add_argument("--out", default="train_crm_out", help="directory for the loss curve, figures and model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -67,18 +60,6 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------------------------
 # Model and data
-
-
-def default_model(tokenizer, seed: int):
-    """A 2-layer Llama-style decoder with random weights, built from a config."""
-    from transformers import AutoModel, LlamaConfig
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=192, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
-    backbone = AutoModel.from_config(config, attn_implementation="sdpa")
-    return crm_kernels.ConditionalRewardModel(backbone, data.step_token_id(tokenizer, synthetic.STEP_TAG))
 
 
 def pretrained_model(name: str, step_tag: str):
@@ -101,43 +82,8 @@ def read_records(path: str) -> list:
 # Training and evaluation
 
 
-def batches(examples, batch_size: int, steps: int, seed: int):
-    """Shuffled passes over the examples, `steps` batches in all."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order += rng.sample(range(len(examples)), len(examples))
-        chosen, order = order[:batch_size], order[batch_size:]
-        yield [examples[i] for i in chosen]
-
-
 def to_device(batch: dict, device) -> dict:
     return {key: value.to(device) for key, value in batch.items()}
-
-
-def train(model, collator, examples, args) -> list[float]:
-    from tqdm.auto import tqdm
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    model.train()
-    losses = []
-    progress = tqdm(batches(examples, args.batch_size, args.steps, args.seed), total=args.steps, desc="training",
-                    disable=args.no_progress, mininterval=1.0)  # fmt: skip
-    for records in progress:
-        batch = to_device(collator(records), args.device)
-        output = model(batch["input_ids"], batch["attention_mask"])
-        loss = model.loss(output, batch["outcome"], batch["first_error"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if len(losses) % 20 == 0:
-            progress.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
-    return losses
 
 
 @torch.no_grad()
@@ -227,9 +173,9 @@ def main(argv=None) -> dict:
     if args.backbone:
         model, tokenizer = pretrained_model(args.backbone, args.step_tag)
     else:
-        tokenizer = synthetic.build_tokenizer()
-        model = default_model(tokenizer, args.seed)
-        args.step_tag = synthetic.STEP_TAG
+        tokenizer = arithmetic.build_tokenizer()
+        model = arithmetic.small_model(tokenizer, args.seed)
+        args.step_tag = arithmetic.STEP_TAG
     model.to(args.device)
     collator = data.PRMCollator(tokenizer, args.step_tag)
 
@@ -241,11 +187,12 @@ def main(argv=None) -> dict:
         train_examples, eval_examples = examples[held_out:], examples[:held_out]
     else:
         train_size = args.steps * args.batch_size
-        train_examples = [s.example for s in synthetic.make_dataset(train_size, args.seed, args.hidden_fraction)]
-        eval_examples = [s.example for s in synthetic.make_dataset(args.eval_trajectories, args.seed + 1)]
-        _, groups = synthetic.make_groups(args.eval_problems, max(args.best_of), args.seed + 2)
+        train_examples = [s.example for s in arithmetic.make_dataset(train_size, args.seed, args.hidden_fraction)]
+        eval_examples = [s.example for s in arithmetic.make_dataset(args.eval_trajectories, args.seed + 1)]
+        _, groups = arithmetic.make_groups(args.eval_problems, max(args.best_of), args.seed + 2)
 
-    losses = train(model, collator, train_examples, args)
+    losses = train(model, collator, train_examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                   seed=args.seed, device=args.device, progress=not args.no_progress)  # fmt: skip
     report = {"train_loss_first_50": sum(losses[:50]) / len(losses[:50]),
               "train_loss_last_50": sum(losses[-50:]) / len(losses[-50:])}  # fmt: skip
     report.update(localization(model, collator, eval_examples, args.device))

@@ -108,9 +108,9 @@ def test_math_shepherd_record():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import synthetic_arithmetic
+    from crm_kernels.tasks import arithmetic
 
-    return synthetic_arithmetic.build_tokenizer()
+    return arithmetic.build_tokenizer()
 
 
 def test_encode_puts_a_tag_after_every_step(tokenizer):

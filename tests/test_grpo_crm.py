@@ -31,7 +31,7 @@ def test_grpo_trainer_with_crm_reward(tmp_path):
 
 
 def test_readme_reward_hacking_table_is_the_committed_measurement():
-    import reward_hacking
+    from benchmarks import reward_hacking
 
     with open(reward_hacking.RESULTS) as f:
         committed = json.load(f)
@@ -44,9 +44,9 @@ def test_readme_reward_hacking_table_is_the_committed_measurement():
 
 @pytest.mark.slow
 def test_reward_hacking_measurement_reproduces(tmp_path):
-    """python/reward_hacking.py on seed 0 gives the committed seed-0 runs (the runs are
+    """benchmarks/reward_hacking.py on seed 0 gives the committed seed-0 runs (the runs are
     deterministic on this machine: two full runs agreed to every printed digit)."""
-    import reward_hacking
+    from benchmarks import reward_hacking
 
     with open(reward_hacking.RESULTS) as f:
         committed = json.load(f)

@@ -23,9 +23,9 @@ from adapter_fixtures import SEP, TAG, WORDS, random_trajectories, scorer, token
 @pytest.fixture(scope="module")
 def word_tokenizer():
     """A word-level tokenizer whose decoder puts the spaces between tokens (no token holds one)."""
-    import synthetic_arithmetic
+    from crm_kernels.tasks import arithmetic
 
-    return synthetic_arithmetic.build_tokenizer()
+    return arithmetic.build_tokenizer()
 
 
 def manual_scores(scorer, prompts, steps):

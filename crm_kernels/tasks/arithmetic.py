@@ -8,7 +8,8 @@ one, and problems differ in how error-prone they are, so wrong answers cluster a
 is not trivially right on hard problems.
 
 Nothing here is downloaded: the vocabulary is ~1,850 words and the tokenizer is a word-level
-`tokenizers` model wrapped as a transformers `PreTrainedTokenizerFast`.
+`tokenizers` model wrapped as a transformers `PreTrainedTokenizerFast`; `small_model` is a 2-layer
+Llama-style CRM built from a config, and `trained_scorer` trains one for a few CPU seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from crm_kernels.data import PRMExample
+from ..data import PRMExample
 
 STEP_TAG = "<step>"
 SPECIAL = ["[PAD]", "[UNK]", "[BOS]", STEP_TAG]
@@ -103,3 +104,39 @@ def make_groups(problems: int, per_problem: int, seed: int) -> tuple[list[Proble
     rng = random.Random(seed)
     chosen = [make_problem(rng) for _ in range(problems)]
     return chosen, [[sample(problem, rng) for _ in range(per_problem)] for problem in chosen]
+
+
+# ---- a model for the task ----------------------------------------------------------------------
+
+
+def small_model(tokenizer, seed: int):
+    """A ConditionalRewardModel over a 2-layer Llama-style decoder with random weights, built from
+    a config (nothing downloaded)."""
+    import torch
+    from transformers import AutoModel, LlamaConfig
+
+    from .. import data
+    from ..modeling import ConditionalRewardModel
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
+    backbone = AutoModel.from_config(config, attn_implementation="sdpa")
+    return ConditionalRewardModel(backbone, data.step_token_id(tokenizer, STEP_TAG))
+
+
+def trained_scorer(steps: int = 200, seed: int = 0, progress: bool = False, batch_size: int = 64):
+    """A CRMScorer over `small_model` trained for `steps` batches of this task's trajectories
+    (about 20 s on a 2-core CPU at 200 steps). Responses are scored one word per step, so the
+    step separator is a space."""
+    from ..data import PRMCollator
+    from ..integrations import CRMScorer
+    from ..trainer import train
+
+    tokenizer = build_tokenizer()
+    model = small_model(tokenizer, seed)
+    examples = [s.example for s in make_dataset(steps * batch_size, seed)]
+    train(model, PRMCollator(tokenizer, STEP_TAG), examples, steps=steps, batch_size=batch_size, lr=2e-3, seed=seed,
+          device="cpu", progress=progress)  # fmt: skip
+    return CRMScorer(model.eval(), tokenizer, STEP_TAG, step_separator=" ")

@@ -1,10 +1,11 @@
 """Does a GRPO policy learn to fool the CRM? CRM reward against verifier accuracy over training.
 
-    python python/reward_hacking.py                    # seeds 0 1 2, about 12 minutes on 2 cores
-    python python/reward_hacking.py --seeds 0 --steps 20
+    python -m benchmarks.reward_hacking                # seeds 0 1 2, about 12 minutes on 2 cores
+    python -m benchmarks.reward_hacking --seeds 0 --steps 20
 
 For each seed one CRM is trained on the synthetic arithmetic task (as python/grpo_crm.py does) and
-a tiny random policy is trained with TRL's GRPOTrainer (python/grpo_crm.py) under three rewards:
+a tiny random policy is trained with TRL's GRPOTrainer by running python/grpo_crm.py, the example
+itself, in its own process, under three rewards:
 
 - "log S(T) + verifier": the CRM's log S(T) plus the outcome verifier, weights 1 and 1 (default);
 - "min-form + verifier": the CRM's lowest step reward min_t log(1 - h_t) (PURE's min-form, score
@@ -25,17 +26,15 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+from pathlib import Path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]
+from benchmarks import report
+from crm_kernels.tasks import arithmetic
 
-import grpo_crm  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from benchmarks import report  # noqa: E402
-
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRPO_EXAMPLE = os.path.join(ROOT, "python", "grpo_crm.py")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "reward_hacking.json")
 README_SECTION = "reward-hacking"  # the README's <!-- reward-hacking:begin/end --> markers
 
@@ -47,10 +46,17 @@ VARIANTS = {
 
 
 def train_crm_once(seed: int, crm_steps: int, folder: str) -> str:
-    scorer = grpo_crm.load_or_train_crm(argparse.Namespace(crm=None, crm_steps=crm_steps, seed=seed, no_progress=True))
+    scorer = arithmetic.trained_scorer(crm_steps, seed)
     scorer.model.save_pretrained(folder)
     scorer.tokenizer.save_pretrained(folder)
     return folder
+
+
+def run_grpo_example(args: list[str], out: str) -> dict:
+    """python/grpo_crm.py as a user runs it, in its own process; its report.json."""
+    subprocess.run([sys.executable, GRPO_EXAMPLE, *args, "--no-progress", "--out", out], check=True)
+    with open(os.path.join(out, "report.json")) as f:
+        return json.load(f)
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -98,8 +104,8 @@ def main(argv=None) -> dict:
     for seed in args.seeds:
         crm = train_crm_once(seed, args.crm_steps, os.path.join(args.out, f"crm_seed{seed}"))
         for name, flags in VARIANTS.items():
-            report = grpo_crm.main(["--crm", crm, "--seed", str(seed), "--steps", str(args.steps), "--no-progress",
-                                    "--out", os.path.join(args.out, "grpo"), *flags])  # fmt: skip
+            report = run_grpo_example(["--crm", crm, "--seed", str(seed), "--steps", str(args.steps), *flags],
+                                      os.path.join(args.out, "grpo"))  # fmt: skip
             report["hacking_gap"] = report["crm_survival_last_quarter"] - report["accuracy_last_quarter"]
             report.pop("history")
             results[name].append({"seed": seed, **report})

@@ -1,0 +1,58 @@
+"""Training a ConditionalRewardModel: a plain PyTorch loop over PRM examples.
+
+`train` is the loop the examples (python/train_crm.py, python/grpo_crm.py) and the task helpers
+(`crm_kernels.tasks`) share: AdamW with a one-cycle schedule, gradient clipping at 1, shuffled
+passes over the examples. It needs nothing beyond torch and a collator (`crm_kernels.data`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator, Sequence
+
+
+def batches(examples: Sequence, batch_size: int, steps: int, seed: int) -> Iterator[list]:
+    """Shuffled passes over the examples, `steps` batches of `batch_size` in all."""
+    if not examples:
+        raise ValueError("examples is empty: nothing to train on")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order += rng.sample(range(len(examples)), len(examples))
+        chosen, order = order[:batch_size], order[batch_size:]
+        yield [examples[i] for i in chosen]
+
+
+def train(model, collator, examples: Sequence, *, steps: int, batch_size: int, lr: float, seed: int = 0,
+          device="cpu", progress: bool = True) -> list[float]:  # fmt: skip
+    """Trains `model` (a ConditionalRewardModel) on `examples` in place; returns the loss of every
+    step. `collator` turns a list of examples into the model's padded batch (`data.PRMCollator`)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(batches(examples, batch_size, steps, seed), total=steps, desc="training", disable=not progress,
+               mininterval=1.0)  # fmt: skip
+    for records in bar:
+        batch = {key: value.to(device) for key, value in collator(records).items()}
+        output = model(batch["input_ids"], batch["attention_mask"])
+        loss = model.loss(output, batch["outcome"], batch["first_error"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if len(losses) % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
+    return losses
