@@ -198,6 +198,26 @@ def check_segments(values, offsets, validate: bool = True, *, values_name="value
     return batch
 
 
+def check_same_shape(value, name: str, reference: torch.Tensor, reference_name: str) -> torch.Tensor:
+    """A tensor of `reference`'s shape (a mask, values beside rewards, outcomes beside scores)."""
+    if not isinstance(value, torch.Tensor) or value.shape != reference.shape:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a tensor shaped like {reference_name}, {tuple(reference.shape)}, got {got}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_positive(value, name: str) -> float:
+    """A number > 0 (a temperature, a learning rate)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
 def check_discount(value, name: str) -> None:
     """A discount (gamma, lambda): a number in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:

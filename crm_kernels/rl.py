@@ -24,7 +24,16 @@ from torch import Tensor
 
 from . import _backends
 from ._numerics import softplus
-from ._validate import check_cu_steps, check_discount, check_logits, check_segments, check_step_token_index
+from ._validate import (
+    check_choice,
+    check_cu_steps,
+    check_discount,
+    check_logits,
+    check_positive,
+    check_same_shape,
+    check_segments,
+    check_step_token_index,
+)
 from .segment import (
     _float,
     lengths,
@@ -112,9 +121,7 @@ def to_token_spans(step_values: Tensor, cu_steps: Tensor, step_token_index: Tens
 
 def packed_from_padded(token_values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """[B, L] values with a [B, L] mask -> the masked values packed [N] and their [B + 1] offsets."""
-    if not isinstance(mask, Tensor) or mask.shape != token_values.shape:
-        raise ValueError(f"mask must have token_values' shape {tuple(token_values.shape)}")
-    mask = mask.bool()
+    mask = check_same_shape(mask, "mask", token_values, "token_values").bool()
     offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
     torch.cumsum(mask.sum(1), 0, out=offsets[1:])
     return token_values[mask], offsets
@@ -126,8 +133,8 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     returns), [B, L] each."""
     check_discount(gamma, "gamma")
     check_discount(lam, "lam")
-    if not isinstance(mask, Tensor) or mask.shape != token_rewards.shape or values.shape != token_rewards.shape:
-        raise ValueError(f"values and mask must have token_rewards' shape {tuple(token_rewards.shape)}")
+    check_same_shape(values, "values", token_rewards, "token_rewards")
+    check_same_shape(mask, "mask", token_rewards, "token_rewards")
     if token_rewards.dim() != 2:
         raise ValueError(f"token_rewards must be [B, L], got shape {tuple(token_rewards.shape)}")
     rewards = _float(token_rewards)
@@ -183,8 +190,7 @@ def min_form(step_rewards: Tensor, cu_steps: Tensor, temperature: float | None =
     check_segments(step_rewards, cu_steps, validate, values_name="step_rewards", offsets_name="cu_steps")
     if temperature is None:
         return segment_reverse_cummin(step_rewards, cu_steps, validate=False)
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be None (strict) or > 0, got {temperature!r}")
+    check_positive(temperature, "temperature (None for the strict form)")
     rewards = _float(step_rewards)
     weights = segment_softmax(-rewards / float(temperature), cu_steps, validate=False)
     return segment_reverse_discounted_sum(weights * rewards, cu_steps, 1.0, validate=False)
@@ -200,8 +206,7 @@ def group_advantages(scores: Tensor, cu_groups: Tensor, method: str = "grpo", ep
     The variance is computed from centred values in a second pass: the one-pass E[s^2] - E[s]^2
     cancels for groups whose scores are close (e.g. log S(T) near 0), shrinking the advantages.
     """
-    if method not in GROUP_METHODS:
-        raise ValueError(f"method must be one of {GROUP_METHODS}, got {method!r}")
+    check_choice(method, "method", GROUP_METHODS)
     check_segments(scores, cu_groups, validate, values_name="scores", offsets_name="cu_groups")
     scores = _float(scores)
     owners = segment_ids(cu_groups, scores.numel())
@@ -221,8 +226,7 @@ def outcome_conditioned_centering(process_scores: Tensor, cu_groups: Tensor, out
     """PROGRS: within each group, the process scores of incorrect trajectories (outcome 0) are
     shifted to zero mean over the group's incorrect ones; correct trajectories are untouched."""
     check_segments(process_scores, cu_groups, validate, values_name="process_scores", offsets_name="cu_groups")
-    if not isinstance(outcome, Tensor) or outcome.shape != process_scores.shape:
-        raise ValueError(f"outcome must be a tensor of process_scores' shape {tuple(process_scores.shape)}")
+    check_same_shape(outcome, "outcome", process_scores, "process_scores")
     scores = _float(process_scores)
     wrong = ~outcome.bool()
     owners = segment_ids(cu_groups, scores.numel())

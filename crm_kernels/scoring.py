@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import ops
 from ._numerics import accumulate_dtype, softplus
-from ._validate import check_cu_steps, check_logits, check_segments, check_step_scores
+from ._validate import check_choice, check_cu_steps, check_logits, check_segments, check_step_scores
 from .segment import (
     lengths,
     segment_argmax,
@@ -47,8 +47,7 @@ def aggregate(step_values: Tensor, cu_steps: Tensor, how: str, *, validate: bool
     validate, step scores outside [0, 1] are an error (hazard logits passed as scores gave NaN for
     "product" and meaningless numbers for the rest); NaN passes through to its trajectory.
     """
-    if how not in AGGREGATIONS:
-        raise ValueError(f"how must be one of {AGGREGATIONS}, got {how!r}")
+    check_choice(how, "how", AGGREGATIONS)
     if how == "log_survival":
         log_survival = ops.log_survival(step_values, cu_steps, validate=validate)
         return segment_last(log_survival, cu_steps, empty=0.0, validate=False)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import _backends
-from ._validate import check_segments
+from ._validate import check_positive, check_same_shape, check_segments
 from ._numerics import accumulate_dtype
 
 
@@ -130,8 +130,7 @@ def segment_logsumexp(values: Tensor, offsets: Tensor, *, validate: bool = True)
 
 def segment_softmin(values: Tensor, offsets: Tensor, temperature: float, *, validate: bool = True) -> Tensor:
     """[B] smooth minimum -T log sum exp(-x / T): the minimum as T -> 0; +inf for an empty segment."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    check_positive(temperature, "temperature")
     return -temperature * segment_logsumexp(_float(values) / -temperature, offsets, validate=validate)
 
 
@@ -216,8 +215,7 @@ def segment_gae(rewards: Tensor, values: Tensor, offsets: Tensor, gamma: float =
     Returns (advantages, returns), [N] each.
     """
     check_segments(rewards, offsets, validate, values_name="rewards")
-    if not isinstance(values, Tensor) or values.shape != rewards.shape:
-        raise ValueError(f"values must be a tensor of rewards' shape {tuple(rewards.shape)}")
+    check_same_shape(values, "values", rewards, "rewards")
     rewards, values = _float(rewards), _float(values).to(_float(rewards).dtype)
     count = values.numel()
     position = torch.arange(count, device=values.device)

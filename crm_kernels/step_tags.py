@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._validate import check_offset_values, check_offsets, check_token_ids
+from ._validate import check_offset_values, check_offsets, check_same_shape, check_token_ids
 
 
 def _step_token_tensor(step_token_ids, device) -> Tensor:
@@ -52,9 +52,7 @@ def find_step_ends(input_ids: Tensor, attention_mask: Tensor | None, step_token_
         raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
     is_tag = torch.isin(input_ids, _step_token_tensor(step_token_ids, input_ids.device))
     if attention_mask is not None:
-        if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
-            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
-            raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {shape}")
+        check_same_shape(attention_mask, "attention_mask", input_ids, "input_ids")
         is_tag &= attention_mask.bool()
     # nonzero is row-major, which is exactly the packed order; its size is data-dependent.
     step_positions = is_tag.nonzero()[:, 1]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from typing import Iterator, Sequence
 
+from ._validate import check_positive
+
 
 def batches(examples: Sequence, batch_size: int, steps: int, seed: int) -> Iterator[list]:
     """Shuffled passes over the examples, `steps` batches of `batch_size` in all."""
@@ -35,8 +37,7 @@ def train(model, collator, examples: Sequence, *, steps: int, batch_size: int, l
 
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    check_positive(lr, "lr")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()

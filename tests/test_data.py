@@ -56,7 +56,7 @@ def test_bad_inputs_are_named():
         data.find_step_ends(torch.ones(2, 3), None, TAG)
     with pytest.raises(ValueError, match=r"input_ids must be \[batch, seq_len\]"):
         data.find_step_ends(torch.ones(3, dtype=torch.long), None, TAG)
-    with pytest.raises(ValueError, match="attention_mask must have input_ids' shape"):
+    with pytest.raises(ValueError, match="attention_mask must be a tensor shaped like input_ids"):
         data.find_step_ends(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4), TAG)
     with pytest.raises(TypeError, match="step_token_ids must be an int or a non-empty list"):
         data.find_step_ends(torch.ones(2, 3, dtype=torch.long), None, [])

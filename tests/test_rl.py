@@ -229,7 +229,7 @@ def test_bad_arguments_are_named():
         rl.group_advantages(torch.ones(2), torch.tensor([0, 2]), "ppo")
     with pytest.raises(ValueError, match="gamma must be a number in"):
         rl.returns_to_go(torch.ones(2), torch.tensor([0, 2]), 1.5)
-    with pytest.raises(ValueError, match="temperature must be None"):
+    with pytest.raises(ValueError, match=r"temperature \(None for the strict form\) must be a number > 0"):
         rl.min_form(torch.ones(2), torch.tensor([0, 2]), -1.0)
     with pytest.raises(ValueError, match=r"cu_groups\[-1\] must equal len\(scores\) = 2"):
         rl.group_advantages(torch.ones(2), torch.tensor([0, 3]))
