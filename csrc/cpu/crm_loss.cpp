@@ -46,28 +46,31 @@ void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, in
     Labels labels;
     acc_t* first_error_nll_out;
     acc_t* log_survival_total;
-    acc_t softplus_sum = 0, first_error_nll = 0;
-    int64_t first_error_step = -1;  // absolute index of z in the packed batch, -1 if none
+    LaneSum<acc_t> softplus_sum;
+    acc_t first_error_nll = 0;
+    int64_t start = 0, first_error_step = -1;  // absolute indices of the first step and of z (-1: none)
     void begin(int64_t b) {
-      softplus_sum = first_error_nll = 0;
+      softplus_sum.reset();
+      first_error_nll = 0;
+      start = static_cast<int64_t>(cu_steps[b]);
       const int64_t z = labels.first_error_of(b);
-      first_error_step = z >= 0 ? static_cast<int64_t>(cu_steps[b]) + z : -1;
+      first_error_step = z >= 0 ? start + z : -1;
     }
     void piece(int64_t, int64_t lo, int64_t hi, const acc_t* softplus_values) {
-      acc_t running = softplus_sum;  // a local, as in log_survival.cpp's PrefixSum
-      for (int64_t t = lo; t < hi; ++t) {
-        if (t == first_error_step) {
-          // L_z: the running sum before step z is added, and z's own term.
-          const acc_t x = static_cast<acc_t>(logits[t]);
-          first_error_nll = running + first_error_term(x, softplus_values[t - lo], softplus_tail(x), t, t);
-        }
-        running += softplus_values[t - lo];
+      if (first_error_step < lo || first_error_step >= hi) {
+        softplus_sum.add(softplus_values, lo - start, hi - lo);
+        return;
       }
-      softplus_sum = running;
+      // L_z: the sum of the steps before z, and z's own term.
+      const int64_t z = first_error_step;
+      softplus_sum.add(softplus_values, lo - start, z - lo);
+      const acc_t x = static_cast<acc_t>(logits[z]);
+      first_error_nll = softplus_sum.total() + first_error_term(x, softplus_values[z - lo], softplus_tail(x), z, z);
+      softplus_sum.add(softplus_values + (z - lo), z - start, hi - z);
     }
     void end(int64_t b) {
       first_error_nll_out[b] = first_error_nll;
-      log_survival_total[b] = -softplus_sum;
+      log_survival_total[b] = -softplus_sum.total();
     }
   };
   auto softplus_block = [&](int64_t first, int64_t count, acc_t* values) {

@@ -107,6 +107,35 @@ at::vec::Vectorized<acc_t> lane_mask(const T* values, int64_t count, const Predi
   return Vec::loadu(flags) > Vec(acc_t(0.5));
 }
 
+// A trajectory's sum in an order fixed by the trajectory alone: lane k of kLanes partial sums takes
+// the steps t with (t - start) % kLanes == k, in step order, and total() adds the lanes in lane order.
+// Blocks and thread ranges may cut a trajectory into pieces anywhere; the bits do not change. Whole
+// vectors add kLanes steps per instruction, so a long trajectory is not one serial chain of adds.
+template <typename acc_t>
+struct LaneSum {
+  using Vec = at::vec::Vectorized<acc_t>;
+  static constexpr int64_t kLanes = Vec::size();
+  alignas(64) acc_t lanes[kLanes] = {};
+
+  void reset() { std::fill(lanes, lanes + kLanes, acc_t(0)); }
+  // Adds values[0, count), the steps `offset` onward counted from the trajectory's first step.
+  void add(const acc_t* values, int64_t offset, int64_t count) {
+    int64_t i = 0;
+    for (; i < count && (offset + i) % kLanes != 0; ++i) lanes[(offset + i) % kLanes] += values[i];
+    if (count - i >= kLanes) {
+      Vec sums = Vec::loadu(lanes);
+      for (; i + kLanes <= count; i += kLanes) sums = sums + Vec::loadu(values + i);
+      sums.store(lanes);
+    }
+    for (; i < count; ++i) lanes[(offset + i) % kLanes] += values[i];
+  }
+  acc_t total() const {
+    acc_t sum = lanes[0];
+    for (int64_t k = 1; k < kLanes; ++k) sum += lanes[k];
+    return sum;
+  }
+};
+
 // Visits trajectories [b_begin, b_end) in order (kReverse: last step first). For each block of
 // steps, transform(first_step, count, values) fills values[0, count); then for each trajectory
 // piece [lo, hi) in the block, visitor.piece(b, lo, hi, values + (lo - first_step)). visitor.begin(b)
