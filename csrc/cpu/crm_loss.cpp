@@ -117,11 +117,25 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
     }
     void piece(int64_t, int64_t lo, int64_t hi, const acc_t* hazards) {
       const int64_t z = std::clamp(first_error_step, lo, hi);  // this piece's steps before z are [lo, z)
-      // step_grad (crm_math.h) split at z: the steps on either side are one multiply each, in two
-      // loops over locals (so stores through grad_logits cannot alias them) that vectorise.
+      // step_grad (crm_math.h) split at z: the steps on either side are one multiply each.
       const acc_t from_z = coef, before_z = coef + first_error_grad;
-      for (int64_t t = lo; t < z; ++t) grad_logits[t] = static_cast<scalar_t>(before_z * hazards[t - lo]);
-      for (int64_t t = z; t < hi; ++t) grad_logits[t] = static_cast<scalar_t>(from_z * hazards[t - lo]);
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        // Whole vectors with the coefficient chosen per lane, and one partial vector: a loop per
+        // side of z left short trajectories (16 steps) mostly in scalar prologues and epilogues.
+        constexpr int64_t kLanes = Vec::size();
+        const Vec before(before_z), from(from_z);
+        const int64_t split = z - lo;  // in [0, 1024]: the piece's steps before z
+        for (int64_t i = 0; i < hi - lo; i += kLanes) {
+          const int64_t count = std::min(kLanes, hi - lo - i);
+          const Vec coefs = i + kLanes <= split ? before
+                            : i >= split        ? from
+                                                : Vec::blendv(from, before, Vec::arange(acc_t(i), acc_t(1)) < Vec(acc_t(split)));
+          (Vec::loadu(hazards + i, count) * coefs).store(grad_logits + lo + i, count);
+        }
+      } else {
+        for (int64_t t = lo; t < z; ++t) grad_logits[t] = static_cast<scalar_t>(before_z * hazards[t - lo]);
+        for (int64_t t = z; t < hi; ++t) grad_logits[t] = static_cast<scalar_t>(from_z * hazards[t - lo]);
+      }
       if (first_error_step >= lo && first_error_step < hi) {
         const int64_t t = first_error_step;
         const acc_t x = static_cast<acc_t>(logits[t]);

@@ -122,17 +122,21 @@ struct LaneSum {
   void add(const acc_t* values, int64_t offset, int64_t count) {
     int64_t i = 0;
     for (; i < count && (offset + i) % kLanes != 0; ++i) lanes[(offset + i) % kLanes] += values[i];
-    if (count - i >= kLanes) {
-      Vec sums = Vec::loadu(lanes);
-      for (; i + kLanes <= count; i += kLanes) sums = sums + Vec::loadu(values + i);
-      sums.store(lanes);
-    }
-    for (; i < count; ++i) lanes[(offset + i) % kLanes] += values[i];
+    if (i == count) return;
+    // From here lane k takes values[i + k]: whole vectors, then the rest as a zero-padded one.
+    Vec sums = Vec::loadu(lanes);
+    for (; i + kLanes <= count; i += kLanes) sums = sums + Vec::loadu(values + i);
+    if (i < count) sums = sums + Vec::loadu(values + i, count - i);
+    sums.store(lanes);
   }
+  // The lanes added pairwise (a fixed tree: log2(kLanes) dependent adds, not kLanes - 1).
   acc_t total() const {
-    acc_t sum = lanes[0];
-    for (int64_t k = 1; k < kLanes; ++k) sum += lanes[k];
-    return sum;
+    acc_t partial[kLanes];
+    std::copy(lanes, lanes + kLanes, partial);
+    for (int64_t width = kLanes / 2; width >= 1; width /= 2) {
+      for (int64_t k = 0; k < width; ++k) partial[k] += partial[k + width];
+    }
+    return partial[0];
   }
 };
 
