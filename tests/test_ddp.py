@@ -2,6 +2,7 @@
 ragged shares of one batch, crm_loss(reduction="sum", normalizer=loss_normalizer(...)), must end
 with the parameters of a single process trained on the whole batch with the mean loss."""
 
+import os
 import time
 
 import pytest
@@ -92,6 +93,12 @@ def worker(rank, world_size, rendezvous, out_path, averaged):
             torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out_path)
     finally:
         dist.destroy_process_group()
+    # Leave without running destructors. Freeing the DDP reducer at the function's return
+    # destroys its gloo process group with the GIL held. That joins gloo's run-loop thread, which
+    # may be releasing a thread-local state that holds a Python object and waits for the GIL:
+    # a deadlock inside torch (gdb: ~ProcessGroupGloo -> thread::join on the main thread,
+    # ~ThreadLocalState -> take_gil on the run loop). It hung about 1 run in 4 here.
+    os._exit(0)
 
 
 def run_workers(*args, timeout=240):
