@@ -121,6 +121,27 @@ def _run(forward, leaf: torch.Tensor, backward: bool):
     return call
 
 
+def _kernels_only(op: str, inputs: Inputs, backend: str, backward: bool):
+    """The backend's kernel functions called directly: no autograd, validation, reduction or
+    custom-op dispatch. The gap to the crm_kernels row is what the host adds per call."""
+    kernels = crm_kernels._backends.kernels(backend)
+    x, cu, outcome, first_error = inputs.logits, inputs.cu_steps, inputs.outcome, inputs.first_error
+    weights = (1.0, 1.0, 1.0)
+
+    def call():
+        if op == "crm_loss":
+            losses, log_survival_total = kernels.crm_loss_forward(x, cu, outcome, first_error, *weights)
+            if backward:
+                kernels.crm_loss_backward(torch.ones_like(losses), x, cu, outcome, first_error, log_survival_total,
+                                          *weights)  # fmt: skip
+        else:
+            log_survival = kernels.log_survival_forward(x, cu)
+            if backward:
+                kernels.log_survival_backward(torch.ones_like(log_survival), x, cu)
+
+    return call
+
+
 def implementations(op: str, inputs: Inputs, backends: list[str], compiled: dict) -> dict:
     """name -> (make(backward) -> callable, scale factor of its time)."""
     x, cu, outcome, first_error = inputs.logits, inputs.cu_steps, inputs.outcome, inputs.first_error
@@ -139,6 +160,7 @@ def implementations(op: str, inputs: Inputs, backends: list[str], compiled: dict
         else:
             fast = lambda t: crm_kernels.log_survival(t, cu, validate=False, backend=best)  # noqa: E731
         impls[f"crm_kernels[{best}] validate=False"] = (lambda bw: _run(fast, leaf(x), bw), 1.0)
+        impls[f"crm_kernels[{best}] kernels only"] = (lambda bw: _kernels_only(op, inputs, best, bw), 1.0)
 
     mask = inputs.mask
     if op == "crm_loss":
@@ -367,7 +389,7 @@ def sweep_rows(device, log) -> list[dict]:
     for batch in SWEEP_BATCHES:
         inputs = make_inputs(Workload("sweep", batch, 16), device)
         for name, (make, scale) in implementations("crm_loss", inputs, kernel_backends(device), compiled).items():
-            if "validate=False" in name or "loop" in name:
+            if "validate=False" in name or "kernels only" in name or "loop" in name:
                 continue
             median = statistics.median(time_call(make(True), device)) * scale
             rows.append(dict(batch=batch, steps=inputs.num_steps, impl=name, median_ms=median))
