@@ -108,7 +108,7 @@ at::vec::Vectorized<acc_t> lane_mask(const T* values, int64_t count, const Predi
 }
 
 // A trajectory's sum in an order fixed by the trajectory alone: lane k of kLanes partial sums takes
-// the steps t with (t - start) % kLanes == k, in step order, and total() adds the lanes in lane order.
+// the steps t with (t - start) % kLanes == k, in step order, and total() adds the lanes as a fixed tree.
 // Blocks and thread ranges may cut a trajectory into pieces anywhere; the bits do not change. Whole
 // vectors add kLanes steps per instruction, so a long trajectory is not one serial chain of adds.
 template <typename acc_t>
