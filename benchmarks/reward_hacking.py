@@ -68,10 +68,13 @@ def summarize(runs: list[dict]) -> dict:
                   "max": max(run[key] for run in runs)} for key in keys}  # fmt: skip
 
 
+def cell(figures: dict, key: str) -> str:
+    """One figure over seeds: mean (min to max)."""
+    return f"{figures[key]['mean']:.3f} ({figures[key]['min']:.3f} to {figures[key]['max']:.3f})"
+
+
 def markdown(output: dict) -> str:
     """The README table: mean (min to max) over seeds, last quarter of training unless said."""
-    def cell(figures, key):
-        return f"{figures[key]['mean']:.3f} ({figures[key]['min']:.3f} to {figures[key]['max']:.3f})"
 
     lines = [f"{len(output['seeds'])} seeds ({', '.join(map(str, output['seeds']))}), {output['grpo_steps']} GRPO steps each; "
              "mean (min to max) over seeds, last quarter of training:", "",
@@ -113,10 +116,9 @@ def main(argv=None) -> dict:
     print(f"\n{len(args.seeds)} seeds x {args.steps} GRPO steps; mean (min to max) over seeds")
     print(f"{'reward':<26}{'CRM reward first -> last':>30}{'S(T) last':>20}{'accuracy last':>20}{'gap':>20}")
     for name, figures in summary.items():
-        cell = lambda key, digits=3: (f"{figures[key]['mean']:.{digits}f} ({figures[key]['min']:.{digits}f} to "  # noqa: E731
-                                      f"{figures[key]['max']:.{digits}f})")
-        print(f"{name:<26}{figures['crm_reward_first_quarter']['mean']:>14.3f} -> {cell('crm_reward_last_quarter')}"
-              f"  {cell('crm_survival_last_quarter')}  {cell('accuracy_last_quarter')}  {cell('hacking_gap')}")  # fmt: skip
+        print(f"{name:<26}{figures['crm_reward_first_quarter']['mean']:>14.3f} -> "
+              f"{cell(figures, 'crm_reward_last_quarter')}  {cell(figures, 'crm_survival_last_quarter')}  "
+              f"{cell(figures, 'accuracy_last_quarter')}  {cell(figures, 'hacking_gap')}")  # fmt: skip
     output = {"seeds": args.seeds, "grpo_steps": args.steps, "crm_steps": args.crm_steps, "summary": summary,
               "runs": results}  # fmt: skip
     with open(os.path.join(args.out, "reward_hacking.json"), "w") as f:

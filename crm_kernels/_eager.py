@@ -32,8 +32,8 @@ def log_survival_backward(grad_log_survival: Tensor, logits: Tensor, cu_steps: T
 
 def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error):
     weights = (w_survive, w_wrong, w_first_error)
-    losses = reference.crm_loss_padded(logits, cu_steps, outcome, first_error, weights, reduction="none")
-    padded, mask = reference.pad(logits, cu_steps)
+    padded, mask = reference.pad(logits, cu_steps)  # once, for both results
+    losses = reference.crm_loss_from_padded(padded, mask, outcome, first_error, weights, reduction="none")
     log_survival = reference.log_survival_from_padded(padded, mask)  # [B, longest], constant past each end
     log_survival_total = log_survival[:, -1] if log_survival.shape[1] else losses.new_zeros(losses.shape)
     return losses, log_survival_total

@@ -28,6 +28,11 @@ def batches(examples: Sequence, batch_size: int, steps: int, seed: int) -> Itera
         yield [examples[i] for i in chosen]
 
 
+def to_device(batch: dict, device) -> dict:
+    """A collated batch (a dict of tensors) on `device`."""
+    return {key: value.to(device) for key, value in batch.items()}
+
+
 def train(model, collator, examples: Sequence, *, steps: int, batch_size: int, lr: float, seed: int = 0,
           device="cpu", progress: bool = True) -> list[float]:  # fmt: skip
     """Trains `model` (a ConditionalRewardModel) on `examples` in place; returns the loss of every
@@ -45,7 +50,7 @@ def train(model, collator, examples: Sequence, *, steps: int, batch_size: int, l
     bar = tqdm(batches(examples, batch_size, steps, seed), total=steps, desc="training", disable=not progress,
                mininterval=1.0)  # fmt: skip
     for records in bar:
-        batch = {key: value.to(device) for key, value in collator(records).items()}
+        batch = to_device(collator(records), device)
         output = model(batch["input_ids"], batch["attention_mask"])
         loss = model.loss(output, batch["outcome"], batch["first_error"])
         optimizer.zero_grad(set_to_none=True)

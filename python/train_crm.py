@@ -33,7 +33,7 @@ import torch
 import crm_kernels
 from crm_kernels import data, scoring
 from crm_kernels.tasks import arithmetic
-from crm_kernels.trainer import train
+from crm_kernels.trainer import to_device, train
 
 
 def parse_args(argv=None):
@@ -80,10 +80,6 @@ def read_records(path: str) -> list:
 
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation
-
-
-def to_device(batch: dict, device) -> dict:
-    return {key: value.to(device) for key, value in batch.items()}
 
 
 @torch.no_grad()
