@@ -61,7 +61,7 @@ def build_cuda() -> bool:
 
 def extensions():
     relative = lambda paths: [str(p.relative_to(ROOT)) for p in paths]  # noqa: E731
-    sources = relative([CSRC / "ops.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))])
+    sources = relative([CSRC / "ops.cpp", CSRC / "autograd.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))])
     include_dirs = [str(CSRC / "include"), str(CSRC / "cpu")]
     # -ffp-contract=off: GCC otherwise fuses a * b + c into one FMA wherever it sees fit, so the
     # full-vector loop and the partial last vector of a block rounded the same softplus

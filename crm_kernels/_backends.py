@@ -34,7 +34,11 @@ def _extension_error() -> str | None:
     try:
         import crm_kernels._C  # noqa: F401  (registers torch.ops.crm_kernels_C)
     except ImportError as error:
-        return f"the C++ extension is not built ({error}); run `make build` or `pip install .`"
+        reason = f"the C++ extension is not built ({error}); run `make build` or `pip install .`"
+        from .ops._library import refuse_gradients
+
+        refuse_gradients(reason)  # the ops' Autograd kernels are in the extension
+        return reason
     _register_fakes()
     return None
 
@@ -57,9 +61,9 @@ def _register_fakes() -> None:
         return torch.empty_like(logits)
 
     @register("crm_loss_forward")
-    def _(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error):
-        per_trajectory = logits.new_empty((cu_steps.shape[0] - 1,), dtype=accumulate_dtype(logits.dtype))
-        return per_trajectory, torch.empty_like(per_trajectory)
+    def _(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, normalizer):
+        log_survival_total = logits.new_empty((cu_steps.shape[0] - 1,), dtype=accumulate_dtype(logits.dtype))
+        return log_survival_total.new_empty(() if normalizer is not None else log_survival_total.shape), log_survival_total
 
     @register("crm_loss_backward")
     def _(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong, w_first_error):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from ._numerics import reduce_by
 
 
 def _vjp(forward, logits: Tensor, grad_output: Tensor) -> Tensor:
@@ -30,13 +31,13 @@ def log_survival_backward(grad_log_survival: Tensor, logits: Tensor, cu_steps: T
     return _vjp(lambda x: reference.log_survival_padded(x, cu_steps), logits, grad_log_survival)
 
 
-def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error):
+def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, normalizer=None):
     weights = (w_survive, w_wrong, w_first_error)
     padded, mask = reference.pad(logits, cu_steps)  # once, for both results
     losses = reference.crm_loss_from_padded(padded, mask, outcome, first_error, weights, reduction="none")
     log_survival = reference.log_survival_from_padded(padded, mask)  # [B, longest], constant past each end
     log_survival_total = log_survival[:, -1] if log_survival.shape[1] else losses.new_zeros(losses.shape)
-    return losses, log_survival_total
+    return reduce_by(losses, normalizer), log_survival_total
 
 
 def crm_loss_backward(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong,

@@ -22,6 +22,17 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(x, torch.zeros_like(x))
 
 
+def ordered_sum(losses: torch.Tensor) -> torch.Tensor:
+    """The sum of a [B] vector, left to right in float64 (a cumulative sum), in its own dtype."""
+    return losses.to(torch.float64).cumsum(0)[-1].to(losses.dtype) if losses.numel() else losses.sum()
+
+
+def reduce_by(losses: torch.Tensor, normalizer: float | None) -> torch.Tensor:
+    """The kernels' reduction (csrc/include/crm_ops.h says the same in C++): the [B] losses when
+    normalizer is None, else their ordered sum over `normalizer`."""
+    return losses if normalizer is None else ordered_sum(losses) / normalizer
+
+
 def reduce_losses(losses: torch.Tensor, reduction: str, normalizer=None) -> torch.Tensor:
     """"none": the [B] vector; "sum"; "mean": the sum over B, or over `normalizer` when given
     (data-parallel ranks pass the global count so that their sums add up to the global mean).
@@ -31,7 +42,7 @@ def reduce_losses(losses: torch.Tensor, reduction: str, normalizer=None) -> torc
     by a few ulps between 1 and 2 threads. A batch without trajectories has mean 0, not 0 / 0."""
     if reduction == "none":
         return losses
-    total = losses.to(torch.float64).cumsum(0)[-1].to(losses.dtype) if losses.numel() else losses.sum()
+    total = ordered_sum(losses)
     if normalizer is not None:
         return total / normalizer
     return total if reduction == "sum" else total / max(losses.numel(), 1)

@@ -22,10 +22,10 @@ def test_opcheck(backend, dtype, seed):
     batch = small_batch(seed, dtype)
     logits = batch.logits.clone().requires_grad_()
     torch.library.opcheck(torch.ops.crm_kernels._log_survival.default, (logits, batch.cu_steps, backend, True))
-    for first_error in (batch.first_error, None):
+    for first_error, normalizer in ((batch.first_error, None), (None, 3.0), (batch.first_error, 1.0)):
         torch.library.opcheck(
             torch.ops.crm_kernels._crm_loss.default,
-            (logits, batch.cu_steps, batch.outcome, first_error, 1.0, 0.5, 2.0, backend, True),
+            (logits, batch.cu_steps, batch.outcome, first_error, 1.0, 0.5, 2.0, normalizer, backend, True),
         )
 
 
@@ -137,6 +137,49 @@ def test_auto_warns_once_when_it_falls_back_to_padding(monkeypatch):
     finally:
         _backends._AVAILABLE_ON.clear()
         _backends._warn_padded_fallback.cache_clear()
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS + ["torch"])
+def test_double_backward_is_refused_clearly(backend, seed):
+    """The backward ops are not differentiable: create_graph=True raises, naming the op, rather
+    than returning a gradient that silently has no second derivative."""
+    batch = small_batch(seed)
+    logits = batch.logits.clone().requires_grad_()
+    for name, loss in (
+        ("log_survival", crm_kernels.log_survival(logits, batch.cu_steps, backend=backend).sum()),
+        ("crm_loss", crm_kernels.crm_loss(logits, batch.cu_steps, batch.outcome, backend=backend)),
+    ):
+        with pytest.raises(RuntimeError, match=f"{name}: double backward is not supported"):
+            torch.autograd.grad(loss, logits, create_graph=True)
+        (gradient,) = torch.autograd.grad(loss, logits)  # the first derivative still works
+        assert gradient.isfinite().all()
+
+
+def test_without_the_extension_gradients_fail_clearly():
+    """The ops' autograd is C++ (csrc/autograd.cpp). Without the extension the "torch" backend
+    still computes, and asking for a gradient raises, saying why; torch's own fallback for an op
+    without autograd only warns and returns no gradient. In a fresh interpreter, with the
+    extension's import blocked, since registrations are for the process's life."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, warnings, torch
+sys.modules["crm_kernels._C"] = None  # import crm_kernels._C now raises ImportError
+import crm_kernels
+warnings.simplefilter("ignore")  # the padded-fallback warning
+x, cu, outcome = torch.randn(5), torch.tensor([0, 2, 5]), torch.tensor([True, False])
+expected = crm_kernels.reference.crm_loss_loop(x.double(), cu, outcome, None, reduction="mean")
+print(abs(float(crm_kernels.crm_loss(x, cu, outcome)) - float(expected)) < 1e-5)
+try:
+    crm_kernels.crm_loss(x.requires_grad_(), cu, outcome)
+except RuntimeError as error:
+    print(error)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    matches_reference, message = result.stdout.strip().splitlines()
+    assert matches_reference == "True"
+    assert message.startswith("crm_kernels.crm_loss: gradients need the C++ extension: the C++ extension is not built")
 
 
 def test_import_is_light():

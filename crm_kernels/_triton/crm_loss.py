@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._numerics import accumulate_dtype
+from .._numerics import accumulate_dtype, reduce_by
 from . import _math
 from ._segments import (
     BLOCK_STEPS,
@@ -97,7 +97,8 @@ def _first_error_arg(first_error, logits):
     return (first_error.contiguous(), True) if first_error is not None else (logits, False)
 
 
-def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, block=BLOCK_STEPS):
+def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, normalizer=None,
+                     block=BLOCK_STEPS):  # fmt: skip
     logits, cu_steps, outcome = logits.contiguous(), cu_steps.contiguous(), byte_flags(outcome.contiguous())
     acc_dtype = accumulate_dtype(logits.dtype)
     num_steps, num_trajectories = logits.numel(), max(cu_steps.numel() - 1, 0)
@@ -105,7 +106,7 @@ def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong,
     losses = torch.zeros(num_trajectories, dtype=acc_dtype, device=logits.device)
     log_survival_total = torch.zeros(num_trajectories, dtype=acc_dtype, device=logits.device)
     if num_steps == 0 or num_trajectories == 0:
-        return losses, log_survival_total
+        return reduce_by(losses, normalizer), log_survival_total
     first_error, has_first_error = _first_error_arg(first_error, logits)
     launch_scan(
         _crm_loss_forward_kernel, num_steps, 2, acc_dtype, logits.device, block,
@@ -113,7 +114,7 @@ def crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong,
         w_survive, w_wrong, w_first_error, num_steps, num_trajectories, search_steps(num_trajectories),
         HAS_FIRST_ERROR=has_first_error, ACC=tl_dtype(acc_dtype),
     )  # fmt: skip
-    return losses, log_survival_total
+    return reduce_by(losses, normalizer), log_survival_total
 
 
 def crm_loss_backward(

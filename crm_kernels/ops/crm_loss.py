@@ -3,7 +3,7 @@
 Per trajectory i, with log S(T) its total log survival: w_S * L_S if outcome[i] (L_S = -log S(T));
 otherwise w_W * L_W (L_W = -log(1 - S(T)), log S(T) clamped below 0, SPEC 4) plus w_z * L_z when
 its first wrong step z = first_error[i] >= 0 is known (L_z = -log p(z)). The per-trajectory losses
-are reduced by `_numerics.reduce_losses`.
+are reduced as `_numerics.reduce_losses` says, inside the op.
 
 The forward op returns log S(T) beside the losses: the backward needs only it and the per-step
 hazards, so it never rescans the trajectory's prefix.
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._backends import kernels, resolve
-from .._numerics import accumulate_dtype, reduce_losses
+from .._numerics import accumulate_dtype
 from .._validate import (
     check_cu_steps,
     check_first_error,
@@ -25,65 +25,62 @@ from .._validate import (
     check_values,
     check_weights,
 )
+from ._library import define
 
 # ---- the private ops: one schema for every backend ------------------------------------------
+# Their autograd (saving log S(T), calling _crm_loss_backward with the upstream gradient of each
+# trajectory) is C++: csrc/autograd.cpp.
 
 
-@torch.library.custom_op("crm_kernels::_crm_loss", mutates_args=())
-def _crm_loss(
-    logits: Tensor, cu_steps: Tensor, outcome: Tensor, first_error: Tensor | None,
-    w_survive: float, w_wrong: float, w_first_error: float, backend: str, validate: bool,
+def _forward(
+    logits: Tensor, cu_steps: Tensor, outcome: Tensor, first_error: Tensor | None, w_survive: float,
+    w_wrong: float, w_first_error: float, normalizer: float | None, backend: str, validate: bool,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Per-trajectory losses l_i and log S(T)."""
+    """The loss, and log S(T) [B] for the backward. normalizer=None: the [B] losses l_i;
+    otherwise their ordered sum (SPEC 4) over `normalizer`, which the backend reduces: torch ops
+    reducing after the call, each with its autograd, cost more than the kernels of a small batch."""
     if validate:
         check_values(logits, cu_steps, outcome, first_error)
-    return kernels(backend).crm_loss_forward(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error)
+    return kernels(backend).crm_loss_forward(
+        logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, normalizer
+    )
 
 
-@_crm_loss.register_fake
-def _(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, backend, validate):
+def _forward_fake(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, normalizer, backend,
+                  validate):  # fmt: skip
     batch = cu_steps.shape[0] - 1
-    per_trajectory = logits.new_empty((batch,), dtype=accumulate_dtype(logits.dtype))
-    return per_trajectory, torch.empty_like(per_trajectory)
+    log_survival_total = logits.new_empty((batch,), dtype=accumulate_dtype(logits.dtype))
+    loss = log_survival_total.new_empty(() if normalizer is not None else (batch,))
+    return loss, log_survival_total
 
 
-@torch.library.custom_op("crm_kernels::_crm_loss_backward", mutates_args=())
-def _crm_loss_backward(
+_crm_loss = define(
+    "_crm_loss(Tensor logits, Tensor cu_steps, Tensor outcome, Tensor? first_error, float w_survive, "
+    "float w_wrong, float w_first_error, float? normalizer, str backend, bool validate) -> (Tensor, Tensor)",
+    _forward, _forward_fake, differentiable=True,
+)  # fmt: skip
+
+
+def _backward(
     grad_losses: Tensor, logits: Tensor, cu_steps: Tensor, outcome: Tensor, first_error: Tensor | None,
     log_survival_total: Tensor, w_survive: float, w_wrong: float, w_first_error: float, backend: str,
 ) -> Tensor:  # fmt: skip
+    """The logits' gradient for the upstream gradient of each trajectory's loss, grad_losses [B]."""
     return kernels(backend).crm_loss_backward(
         grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong, w_first_error
     )
 
 
-@_crm_loss_backward.register_fake
-def _(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong, w_first_error,
-      backend):  # fmt: skip
+def _backward_fake(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong,
+                   w_first_error, backend):  # fmt: skip
     return torch.empty_like(logits)
 
 
-def _setup_context(ctx, inputs, output):
-    logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, backend, _ = inputs
-    _, log_survival_total = output
-    ctx.save_for_backward(logits, cu_steps, outcome, first_error, log_survival_total)
-    ctx.weights = (w_survive, w_wrong, w_first_error)
-    ctx.backend = backend
-    # log S(T) is returned for the backward pass, not as a differentiable result.
-    ctx.mark_non_differentiable(log_survival_total)
-
-
-def _backward(ctx, grad_losses, _grad_log_survival_total):
-    logits, cu_steps, outcome, first_error, log_survival_total = ctx.saved_tensors
-    grad_logits = None
-    if ctx.needs_input_grad[0]:
-        grad_logits = _crm_loss_backward(
-            grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, *ctx.weights, ctx.backend
-        )
-    return grad_logits, None, None, None, None, None, None, None, None
-
-
-_crm_loss.register_autograd(_backward, setup_context=_setup_context)
+define(
+    "_crm_loss_backward(Tensor grad_losses, Tensor logits, Tensor cu_steps, Tensor outcome, Tensor? first_error, "
+    "Tensor log_survival_total, float w_survive, float w_wrong, float w_first_error, str backend) -> Tensor",
+    _backward, _backward_fake,
+)  # fmt: skip
 
 
 # ---- the public function and module ----------------------------------------------------------
@@ -131,8 +128,16 @@ def crm_loss(
     check_first_error(first_error, batch, logits)
     weights = check_weights(weights)
     check_reduction(reduction, normalizer, validate)
-    losses, _ = _crm_loss(logits, cu_steps, outcome, first_error, *weights, resolve(backend, logits.device), validate)
-    return reduce_losses(losses, reduction, normalizer)
+    backend = resolve(backend, logits.device)
+    # The op reduces by a float divisor (None: "none"); a tensor normalizer divides its sum here.
+    if reduction == "none":
+        divisor = None
+    elif normalizer is None:
+        divisor = 1.0 if reduction == "sum" else float(max(batch, 1))
+    else:
+        divisor = 1.0 if isinstance(normalizer, Tensor) else float(normalizer)
+    loss, _ = _crm_loss(logits, cu_steps, outcome, first_error, *weights, divisor, backend, validate)
+    return loss / normalizer if isinstance(normalizer, Tensor) else loss
 
 
 class CRMLoss(torch.nn.Module):

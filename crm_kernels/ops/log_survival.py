@@ -11,47 +11,40 @@ from torch import Tensor
 from .._backends import kernels, resolve
 from .._numerics import accumulate_dtype
 from .._validate import check_cu_steps, check_logits, check_values
+from ._library import define
 
 # ---- the private ops: one schema for every backend ------------------------------------------
+# Their autograd (saving the inputs, calling _log_survival_backward) is C++: csrc/autograd.cpp.
 
 
-@torch.library.custom_op("crm_kernels::_log_survival", mutates_args=())
-def _log_survival(logits: Tensor, cu_steps: Tensor, backend: str, validate: bool) -> Tensor:
+def _forward(logits: Tensor, cu_steps: Tensor, backend: str, validate: bool) -> Tensor:
     if validate:
         check_values(logits, cu_steps)
     return kernels(backend).log_survival_forward(logits, cu_steps)
 
 
-@_log_survival.register_fake
-def _(logits, cu_steps, backend, validate):
+def _forward_fake(logits, cu_steps, backend, validate):
     return logits.new_empty(logits.shape, dtype=accumulate_dtype(logits.dtype))
 
 
-@torch.library.custom_op("crm_kernels::_log_survival_backward", mutates_args=())
-def _log_survival_backward(grad_log_survival: Tensor, logits: Tensor, cu_steps: Tensor, backend: str) -> Tensor:
+_log_survival = define(
+    "_log_survival(Tensor logits, Tensor cu_steps, str backend, bool validate) -> Tensor",
+    _forward, _forward_fake, differentiable=True,
+)  # fmt: skip
+
+
+def _backward(grad_log_survival: Tensor, logits: Tensor, cu_steps: Tensor, backend: str) -> Tensor:
     return kernels(backend).log_survival_backward(grad_log_survival, logits, cu_steps)
 
 
-@_log_survival_backward.register_fake
-def _(grad_log_survival, logits, cu_steps, backend):
+def _backward_fake(grad_log_survival, logits, cu_steps, backend):
     return torch.empty_like(logits)
 
 
-def _setup_context(ctx, inputs, output):
-    logits, cu_steps, backend, _ = inputs
-    ctx.save_for_backward(logits, cu_steps)
-    ctx.backend = backend
-
-
-def _backward(ctx, grad_log_survival):
-    logits, cu_steps = ctx.saved_tensors
-    grad_logits = None
-    if ctx.needs_input_grad[0]:
-        grad_logits = _log_survival_backward(grad_log_survival, logits, cu_steps, ctx.backend)
-    return grad_logits, None, None, None
-
-
-_log_survival.register_autograd(_backward, setup_context=_setup_context)
+define(
+    "_log_survival_backward(Tensor grad_log_survival, Tensor logits, Tensor cu_steps, str backend) -> Tensor",
+    _backward, _backward_fake,
+)  # fmt: skip
 
 
 # ---- the public function ---------------------------------------------------------------------

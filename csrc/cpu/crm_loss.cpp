@@ -165,7 +165,8 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
 std::tuple<at::Tensor, at::Tensor> crm_loss_forward(const at::Tensor& logits, const at::Tensor& cu_steps,
                                                     const at::Tensor& outcome,
                                                     const std::optional<at::Tensor>& first_error, double w_survive,
-                                                    double w_wrong, double w_first_error) {
+                                                    double w_wrong, double w_first_error,
+    std::optional<double> normalizer) {
   const LossInputs in(logits, cu_steps, outcome, first_error);
   at::Tensor losses = at::empty({in.batch}, in.accumulate_options());
   at::Tensor log_survival_total = at::empty({in.batch}, in.accumulate_options());
@@ -176,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> crm_loss_forward(const at::Tensor& logits, co
         Labels{in.labels.correct_ptr(), in.labels.first_error_ptr()}, LossWeights{w_survive, w_wrong, w_first_error},
         losses.mutable_data_ptr<acc_t>(), log_survival_total.mutable_data_ptr<acc_t>());
   });
-  return {losses, log_survival_total};
+  return {reduce_losses(losses, normalizer), log_survival_total};
 }
 
 at::Tensor crm_loss_backward(const at::Tensor& grad_losses, const at::Tensor& logits, const at::Tensor& cu_steps,

@@ -88,7 +88,8 @@ at::Tensor log_survival_backward_op(const at::Tensor& grad_in, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> crm_loss_forward_op(const at::Tensor& logits, const at::Tensor& cu_steps,
                                                        const at::Tensor& outcome,
                                                        const std::optional<at::Tensor>& first_error, double w_survive,
-                                                       double w_wrong, double w_first_error) {
+                                                       double w_wrong, double w_first_error,
+    std::optional<double> normalizer) {
   const c10::DeviceGuard guard(logits.device());
   const LossInputs in(logits, cu_steps, outcome, first_error);
   // Zeroed: empty trajectories have no step that would write their (zero) loss.
@@ -104,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> crm_loss_forward_op(const at::Tensor& logits,
                            log_survival_total.mutable_data_ptr<acc_t>(), scratch.mutable_data_ptr(),
                            current_stream(in.logits)));
   });
-  return {losses, log_survival_total};
+  return {reduce_losses(losses, normalizer), log_survival_total};
 }
 
 at::Tensor crm_loss_backward_op(const at::Tensor& grad_losses, const at::Tensor& logits,

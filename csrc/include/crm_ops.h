@@ -23,6 +23,29 @@ inline at::ScalarType accumulate_type(const at::Tensor& logits) {
 
 inline int64_t num_trajectories(const at::Tensor& cu_steps) { return std::max<int64_t>(cu_steps.numel() - 1, 0); }
 
+// crm_loss's reduction (SPEC 4, crm_kernels/_numerics.py): the [B] losses when normalizer is
+// None, else their sum over normalizer. The sum runs left to right in float64 (a cumulative sum),
+// so it has the same bits for any number of threads.
+// On the host the sum is a plain loop: the four tensor ops of the device path cost more than the
+// kernels of a small batch, and give the same bits.
+inline at::Tensor reduce_losses(const at::Tensor& losses, std::optional<double> normalizer) {
+  if (!normalizer) return losses;
+  if (losses.is_cpu()) {
+    return AT_DISPATCH_FLOATING_TYPES(losses.scalar_type(), "reduce_losses", [&] {
+      const scalar_t* values = losses.const_data_ptr<scalar_t>();
+      double total = 0.0;
+      for (int64_t i = 0; i < losses.numel(); ++i) total += static_cast<double>(values[i]);
+      at::Tensor loss = at::empty({}, losses.options());
+      // Rounded to the losses' dtype, then divided there, as torch divides by a Python float.
+      *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total) / static_cast<scalar_t>(*normalizer);
+      return loss;
+    });
+  }
+  const at::Tensor total =
+      losses.numel() ? losses.to(at::kDouble).cumsum(0)[-1].to(losses.scalar_type()) : losses.sum();
+  return total.div(*normalizer);
+}
+
 // The per-trajectory labels as the kernels read them, bool and int64, whatever integer type they
 // came in (a no-op when they already are).
 struct LabelTensors {
