@@ -61,7 +61,7 @@ def _register_fakes() -> None:
         return torch.empty_like(logits)
 
     @register("crm_loss_forward")
-    def _(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, normalizer):
+    def _(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, normalizer=None):
         log_survival_total = logits.new_empty((cu_steps.shape[0] - 1,), dtype=accumulate_dtype(logits.dtype))
         return log_survival_total.new_empty(() if normalizer is not None else log_survival_total.shape), log_survival_total
 

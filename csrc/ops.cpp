@@ -12,7 +12,7 @@ TORCH_LIBRARY(crm_kernels_C, m) {
   m.def("log_survival_backward(Tensor grad_log_survival, Tensor logits, Tensor cu_steps) -> Tensor");
   m.def(
       "crm_loss_forward(Tensor logits, Tensor cu_steps, Tensor outcome, Tensor? first_error, float w_survive, "
-      "float w_wrong, float w_first_error, float? normalizer) -> (Tensor loss, Tensor log_survival_total)");
+      "float w_wrong, float w_first_error, float? normalizer=None) -> (Tensor loss, Tensor log_survival_total)");
   m.def(
       "crm_loss_backward(Tensor grad_losses, Tensor logits, Tensor cu_steps, Tensor outcome, Tensor? first_error, "
       "Tensor log_survival_total, float w_survive, float w_wrong, float w_first_error) -> Tensor");
