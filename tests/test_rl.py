@@ -244,6 +244,9 @@ def test_gae_skips_masked_out_tokens_inside_a_row(seed):
     rewards = torch.randn(6, 30, generator=generator, dtype=torch.float64)
     values = torch.randn(6, 30, generator=generator, dtype=torch.float64)
     mask = torch.rand(6, 30, generator=generator) < 0.6
+    # What sits under a masked-out token is never read into a result: the C++ scan computes every
+    # token and keeps the masked-in ones (four rows side by side, 6 = 4 + 2 here).
+    rewards, values = rewards.masked_fill(~mask, float("nan")), values.masked_fill(~mask, float("inf"))
     advantages, returns = rl.gae(rewards, values, mask, 0.9, 0.8)
     expected = torch.zeros_like(rewards)
     for row in range(6):
