@@ -47,7 +47,7 @@ def _register_fakes() -> None:
     """Shapes and dtypes of the compiled ops' outputs (csrc/ops.cpp), for tracing: torch.compile
     and the fake-tensor checks see through them without running a kernel. inputs_are_valid has
     none: its bool is the data's verdict, and it runs only inside the ops' eager validation."""
-    from ._numerics import accumulate_dtype
+    from ._numerics import accumulate_dtype, empty_loss
 
     def register(name):
         return torch.library.register_fake(f"crm_kernels_C::{name}")
@@ -63,7 +63,7 @@ def _register_fakes() -> None:
     @register("crm_loss_forward")
     def _(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_first_error, normalizer=None):
         log_survival_total = logits.new_empty((cu_steps.shape[0] - 1,), dtype=accumulate_dtype(logits.dtype))
-        return log_survival_total.new_empty(() if normalizer is not None else log_survival_total.shape), log_survival_total
+        return empty_loss(log_survival_total, normalizer), log_survival_total
 
     @register("crm_loss_backward")
     def _(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong, w_first_error):

@@ -41,8 +41,22 @@ def reduce_losses(losses: torch.Tensor, reduction: str, normalizer=None) -> torc
     number of threads: torch.sum splits a CPU reduction by thread, and its float32 result moved
     by a few ulps between 1 and 2 threads. A batch without trajectories has mean 0, not 0 / 0."""
     if reduction == "none":
-        return losses
-    total = ordered_sum(losses)
-    if normalizer is not None:
-        return total / normalizer
-    return total if reduction == "sum" else total / max(losses.numel(), 1)
+        return losses  # whatever normalizer says: it only divides a reduced loss
+    loss = reduce_by(losses, reduction_divisor(reduction, normalizer, losses.numel()))
+    return loss / normalizer if isinstance(normalizer, torch.Tensor) else loss
+
+
+def reduction_divisor(reduction: str, normalizer, batch: int) -> float | None:
+    """What `reduce_by` divides the ordered sum by, for `reduce_losses`' rule: None for "none";
+    1 for "sum" and where a tensor normalizer divides afterwards (its value is data, not a
+    float the kernels can take); a float normalizer; else B for "mean" (1 for an empty batch)."""
+    if reduction == "none":
+        return None
+    if normalizer is None:
+        return 1.0 if reduction == "sum" else float(max(batch, 1))
+    return 1.0 if isinstance(normalizer, torch.Tensor) else float(normalizer)
+
+
+def empty_loss(log_survival_total: torch.Tensor, normalizer: float | None) -> torch.Tensor:
+    """The fakes' loss output: a scalar when reduced (normalizer given), else [B] like log S(T)."""
+    return log_survival_total.new_empty(() if normalizer is not None else log_survival_total.shape)

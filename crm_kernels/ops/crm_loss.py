@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._backends import kernels, resolve
-from .._numerics import accumulate_dtype
+from .._numerics import accumulate_dtype, empty_loss, reduction_divisor
 from .._validate import (
     check_cu_steps,
     check_first_error,
@@ -50,8 +50,7 @@ def _forward_fake(logits, cu_steps, outcome, first_error, w_survive, w_wrong, w_
                   validate):  # fmt: skip
     batch = cu_steps.shape[0] - 1
     log_survival_total = logits.new_empty((batch,), dtype=accumulate_dtype(logits.dtype))
-    loss = log_survival_total.new_empty(() if normalizer is not None else (batch,))
-    return loss, log_survival_total
+    return empty_loss(log_survival_total, normalizer), log_survival_total
 
 
 _crm_loss = define(
@@ -130,12 +129,7 @@ def crm_loss(
     check_reduction(reduction, normalizer, validate)
     backend = resolve(backend, logits.device)
     # The op reduces by a float divisor (None: "none"); a tensor normalizer divides its sum here.
-    if reduction == "none":
-        divisor = None
-    elif normalizer is None:
-        divisor = 1.0 if reduction == "sum" else float(max(batch, 1))
-    else:
-        divisor = 1.0 if isinstance(normalizer, Tensor) else float(normalizer)
+    divisor = reduction_divisor(reduction, normalizer, batch)
     loss, _ = _crm_loss(logits, cu_steps, outcome, first_error, *weights, divisor, backend, validate)
     return loss / normalizer if isinstance(normalizer, Tensor) else loss
 
