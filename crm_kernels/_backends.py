@@ -77,6 +77,10 @@ def _register_fakes() -> None:
     def _(values, offsets):
         return torch.empty_like(values)
 
+    @register("segment_to_rows")
+    def _(values, offsets, columns, seq_len):
+        return values.new_empty((offsets.shape[0] - 1, seq_len))
+
     @register("masked_gae")
     def _(rewards, values, mask, gamma, lam):
         return torch.empty_like(rewards), torch.empty_like(rewards)
@@ -246,6 +250,16 @@ def reverse_cummin(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor 
     """y_t = min_{k >= t} x_k within each segment (C++ only), or None."""
     if scan_backend(values) == "cpu":
         return torch.ops.crm_kernels_C.segment_reverse_cummin(values.contiguous(), offsets.long().contiguous())
+    return None
+
+
+def segment_to_rows(values: torch.Tensor, offsets: torch.Tensor, columns: torch.Tensor,
+                    seq_len: int) -> torch.Tensor | None:  # fmt: skip
+    """[B, seq_len] zeros with each segment's floating values added at their columns, in one
+    pass (C++ only), or None."""
+    if scan_backend(values) == "cpu":
+        return torch.ops.crm_kernels_C.segment_to_rows(values.contiguous(), offsets.long().contiguous(),
+                                                       columns.long().contiguous(), seq_len)  # fmt: skip
     return None
 
 

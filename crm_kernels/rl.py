@@ -77,6 +77,9 @@ def to_token_level(step_values: Tensor, cu_steps: Tensor, step_token_index: Tens
     if validate:
         check_step_token_index(step_token_index, step_values, seq_len)
     values = _float(step_values)
+    in_one_pass = _backends.segment_to_rows(values, cu_steps, step_token_index, seq_len)
+    if in_one_pass is not None:
+        return in_one_pass
     rows = segment_ids(cu_steps, values.numel())
     token_level = torch.zeros(batch, seq_len, dtype=values.dtype, device=values.device)
     return token_level.index_put_((rows, step_token_index.long()), values, accumulate=True)

@@ -150,6 +150,24 @@ def test_token_level_round_trip(seed):
         rl.to_token_level(batch.logits, batch.cu_steps, torch.full_like(positions, 64), seq_len)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_token_level_adds_steps_ending_at_one_token(dtype, seed):
+    """Columns drawn with replacement and in any order, empty rows included: each row's cells are
+    the sums of its steps in step order (the same bits as torch's accumulating index_put)."""
+    batch = make_batch(seed, dtype, batch=30)
+    generator = torch.Generator().manual_seed(seed)
+    seq_len = 12
+    positions = torch.randint(0, seq_len, batch.logits.shape, generator=generator)
+    token_level = rl.to_token_level(batch.logits, batch.cu_steps, positions, seq_len)
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    expected = torch.zeros(len(batch.lengths), seq_len, dtype=accumulate)
+    for row, (s, e) in enumerate(zip(batch.cu_steps[:-1].tolist(), batch.cu_steps[1:].tolist())):
+        for k in range(s, e):
+            expected[row, positions[k]] += batch.logits[k].to(accumulate)
+    assert token_level.dtype == accumulate
+    assert torch.equal(token_level, expected)
+
+
 @pytest.mark.parametrize("temperature", [None, 0.5, 100.0])
 def test_min_form_matches_loop(temperature, seed):
     batch = make_batch(seed, torch.float64, batch=40)

@@ -10,7 +10,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -20,8 +20,32 @@
 
 #include "sweep.h"
 
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 namespace crm::cpu {
 namespace {
+
+// An uninitialized output, backed by transparent huge pages where the OS lends them on
+// request (THP mode "madvise", as on the project's machine). The outputs of these scans are
+// [B, L] token tensors of tens of megabytes: glibc maps each afresh and returns it when freed, so
+// every call faulted in 4 KB pages one by one, and those faults (the kernel zeroing pages) took most
+// of masked_gae's time. The advice covers the whole pages inside the buffer, before the first touch.
+at::Tensor fresh_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr()), end = begin + out.nbytes();
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last > first && last - first >= kHugePage) {
+    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only: ignore failure
+  }
+#endif
+  return out;
+}
 
 void check_scan_inputs(const at::Tensor& values, const at::Tensor& offsets) {
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), "values must be a contiguous 1-D tensor");
@@ -37,7 +61,7 @@ void check_scan_inputs(const at::Tensor& values, const at::Tensor& offsets) {
 template <typename Visit>
 at::Tensor scan_segments(const at::Tensor& values, const at::Tensor& offsets, const Visit& visit) {
   check_scan_inputs(values, offsets);
-  at::Tensor out = at::empty_like(values);
+  at::Tensor out = fresh_output(values.sizes(), values.options());
   const int64_t n = values.numel(), num_segments = offsets.numel() - 1;
   const int64_t* cu = offsets.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "scan_segments", [&] {
@@ -79,6 +103,39 @@ at::Tensor segment_reverse_cummin(const at::Tensor& values, const at::Tensor& of
   });
 }
 
+// [B, seq_len] rows, zero but for each segment's values added at their columns, in step order
+// (crm_kernels.rl.to_token_level): one pass over the rows, each zeroed and filled by one thread,
+// where torch's zeros + accumulating index_put took two passes and a serial scatter. It adds in the
+// values' dtype, as index_put does, so both paths agree to the bit. Columns outside [0, seq_len)
+// (bad input with validate=False) are skipped.
+at::Tensor segment_to_rows(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& columns,
+                           int64_t seq_len) {
+  check_scan_inputs(values, offsets);
+  TORCH_CHECK(columns.dim() == 1 && columns.is_contiguous() && columns.scalar_type() == at::kLong &&
+                  columns.numel() == values.numel(),
+              "columns must be a contiguous int64 tensor with one entry per value");
+  TORCH_CHECK(seq_len >= 0, "seq_len must be >= 0");
+  const int64_t n = values.numel(), num_segments = offsets.numel() - 1;
+  at::Tensor rows = fresh_output({num_segments, seq_len}, values.options());
+  const int64_t* cu = offsets.data_ptr<int64_t>();
+  const int64_t* column = columns.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segment_to_rows", [&] {
+    const scalar_t* x = values.data_ptr<scalar_t>();
+    scalar_t* out = rows.data_ptr<scalar_t>();
+    parallel_for_trajectories(cu, num_segments, n, [&](int64_t b_begin, int64_t b_end) {
+      for (int64_t b = b_begin; b < b_end; ++b) {
+        scalar_t* row = out + b * seq_len;
+        std::fill(row, row + seq_len, scalar_t(0));
+        const auto [begin, end] = clamped_bounds(cu, b, n);
+        for (int64_t t = begin; t < end; ++t) {
+          if (column[t] >= 0 && column[t] < seq_len) row[column[t]] += x[t];
+        }
+      }
+    });
+  });
+  return rows;
+}
+
 // GAE over [B, L] rows with a response mask (verl's compute_gae_advantage_return): masked-out
 // tokens are skipped (their advantage and return are 0 and the recursion passes over them), the
 // value after a row's last masked token is 0.
@@ -94,7 +151,8 @@ std::tuple<at::Tensor, at::Tensor> masked_gae(const at::Tensor& rewards, const a
               "values must have rewards' dtype and mask must be bool");
   TORCH_CHECK(rewards.scalar_type() == at::kFloat || rewards.scalar_type() == at::kDouble,
               "rewards must be float32 or float64");
-  at::Tensor advantages = at::empty_like(rewards), returns = at::empty_like(rewards);
+  at::Tensor advantages = fresh_output(rewards.sizes(), rewards.options());
+  at::Tensor returns = fresh_output(rewards.sizes(), rewards.options());
   const int64_t rows = rewards.size(0), length = rewards.size(1);
   const bool* keep = mask.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES(rewards.scalar_type(), "masked_gae", [&] {
@@ -134,6 +192,7 @@ std::tuple<at::Tensor, at::Tensor> masked_gae(const at::Tensor& rewards, const a
 TORCH_LIBRARY_IMPL(crm_kernels_C, CPU, m) {
   m.impl("segment_linear_scan", &segment_linear_scan);
   m.impl("segment_reverse_cummin", &segment_reverse_cummin);
+  m.impl("segment_to_rows", &segment_to_rows);
   m.impl("masked_gae", &masked_gae);
 }
 

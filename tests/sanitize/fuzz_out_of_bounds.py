@@ -40,7 +40,9 @@ for trial in range(400):
                 values = x.detach().contiguous()
                 C.segment_linear_scan(values, cu.long(), 0.9, trial % 2 == 0)
                 C.segment_reverse_cummin(values, cu.long())
-                runs += 2
+                columns = torch.randint(-5, 20, (n,), generator=g)
+                C.segment_to_rows(values, cu.long(), columns, 15)
+                runs += 3
 # and large valid batches that take the threaded path
 for seed in range(3):
     lengths = torch.poisson(torch.full((20000,), 16.0), generator=g).long()
