@@ -33,41 +33,25 @@ struct LabelMasks {
                             : at::vec::Vectorized<acc_t>(acc_t(0))) {}
 };
 
-// x_z, the logit at the first wrong step, of trajectories [first, first + count), as a vector: the
-// per-trajectory terms at z are then computed SIMD over trajectories, not one libm call each
-// (scalar log1pf and expf were 17% of crm_loss on 16-step trajectories). Lanes whose z is
-// unknown, or outside the trajectory (bad input with validate=False), read nothing and hold 0.
-template <typename acc_t, typename scalar_t, typename index_t>
-at::vec::Vectorized<acc_t> first_error_logits(const scalar_t* logits, const index_t* cu_steps, int64_t num_steps,
-                                              const Labels& labels, int64_t first, int64_t count) {
-  acc_t gathered[at::vec::Vectorized<acc_t>::size()] = {};
-  for (int64_t k = 0; k < count; ++k) {
-    const int64_t z = labels.first_error_of(first + k);
-    const auto [begin, end] = clamped_bounds(cu_steps, first + k, num_steps);
-    if (z >= 0 && z < end - begin) gathered[k] = static_cast<acc_t>(logits[begin + z]);
-  }
-  return at::vec::Vectorized<acc_t>::loadu(gathered);
-}
-
 template <typename scalar_t, typename index_t>
 void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, int64_t num_trajectories,
                              int64_t num_steps, Labels labels, LossWeights weights, at::opmath_type<scalar_t>* losses,
                              at::opmath_type<scalar_t>* log_survival_total) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
-  // Pass 1 over the steps: each trajectory's -log S(T), and the part of L_z before z (parked in
-  // `losses`).
+  // Pass 1 over the steps: each trajectory's -log S(T) and L_z (parked in `losses`).
   struct LossSums {
+    const scalar_t* logits;
     const index_t* cu_steps;
     Labels labels;
-    acc_t* before_first_error_out;
+    acc_t* first_error_nll_out;
     acc_t* log_survival_total;
     LaneSum<acc_t> softplus_sum;
-    acc_t before_first_error = 0;
+    acc_t first_error_nll = 0;
     int64_t start = 0, first_error_step = -1;  // absolute indices of the first step and of z (-1: none)
     void begin(int64_t b) {
       softplus_sum.reset();
-      before_first_error = 0;
+      first_error_nll = 0;
       start = static_cast<int64_t>(cu_steps[b]);
       const int64_t z = labels.first_error_of(b);
       first_error_step = z >= 0 ? start + z : -1;
@@ -77,14 +61,15 @@ void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, in
         softplus_sum.add(softplus_values, lo - start, hi - lo);
         return;
       }
-      // L_z's sum over the steps before z; z's own term comes in pass 2.
+      // L_z: the sum of the steps before z, and z's own term.
       const int64_t z = first_error_step;
       softplus_sum.add(softplus_values, lo - start, z - lo);
-      before_first_error = softplus_sum.total();
+      const acc_t x = static_cast<acc_t>(logits[z]);
+      first_error_nll = softplus_sum.total() + first_error_term(x, softplus_values[z - lo], softplus_tail(x), z, z);
       softplus_sum.add(softplus_values + (z - lo), z - start, hi - z);
     }
     void end(int64_t b) {
-      before_first_error_out[b] = before_first_error;
+      first_error_nll_out[b] = first_error_nll;
       log_survival_total[b] = -softplus_sum.total();
     }
   };
@@ -92,15 +77,13 @@ void crm_loss_forward_kernel(const scalar_t* logits, const index_t* cu_steps, in
     transform_block(logits + first, count, values, [](const Vec& x) { return softplus(x); });
   };
   parallel_for_trajectories(cu_steps, num_trajectories, num_steps, [&](int64_t b_begin, int64_t b_end) {
-    LossSums visitor{cu_steps, labels, losses, log_survival_total};
+    LossSums visitor{logits, cu_steps, labels, losses, log_survival_total};
     sweep<false, index_t, acc_t>(cu_steps, b_begin, b_end, num_steps, softplus_block, visitor);
     // Pass 2 over the range's trajectories, eight (AVX2) at a time: the loss epilogue.
     for_each_vector<acc_t>(b_begin, b_end, [&](int64_t first, int64_t count) {
       const LabelMasks<acc_t> masks(labels, first, count);
       const Vec softplus_sum = Vec(acc_t(0)) - Vec::loadu(log_survival_total + first, count);
-      // L_z = sum_{t<z} softplus(x_t) + softplus(-x_z) (first_error_term at t = z).
-      const Vec x_z = first_error_logits<acc_t>(logits, cu_steps, num_steps, labels, first, count);
-      const Vec first_error_nll = Vec::loadu(losses + first, count) + softplus_neg(x_z, softplus_tail(x_z));
+      const Vec first_error_nll = Vec::loadu(losses + first, count);
       trajectory_loss(softplus_sum, first_error_nll, masks.correct, masks.has_first_error, weights)
           .store(losses + first, count);
     });
@@ -117,11 +100,11 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
   // dl/dx_t = h_t * (coef + [t < z] first_error_grad), and h_z * coef - first_error_grad * sigmoid(-x_z)
   // at t = z, with per-trajectory coef and first_error_grad computed first (SIMD over trajectories).
   struct LossGrad {
+    const scalar_t* logits;
     const index_t* cu_steps;
     Labels labels;
     const acc_t* coefs;              // indexed by b - b_begin
     const acc_t* first_error_grads;  // indexed by b - b_begin
-    const acc_t* at_first_error;     // dl/dx_z, indexed by b - b_begin
     int64_t b_begin;
     scalar_t* grad_logits;
     acc_t coef = 0, first_error_grad = 0;
@@ -132,7 +115,7 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
       coef = coefs[b - b_begin];
       first_error_grad = first_error_grads[b - b_begin];
     }
-    void piece(int64_t b, int64_t lo, int64_t hi, const acc_t* hazards) {
+    void piece(int64_t, int64_t lo, int64_t hi, const acc_t* hazards) {
       const int64_t z = std::clamp(first_error_step, lo, hi);  // this piece's steps before z are [lo, z)
       // step_grad (crm_math.h) split at z: the steps on either side are one multiply each.
       const acc_t from_z = coef, before_z = coef + first_error_grad;
@@ -154,7 +137,9 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
         for (int64_t t = z; t < hi; ++t) grad_logits[t] = static_cast<scalar_t>(from_z * hazards[t - lo]);
       }
       if (first_error_step >= lo && first_error_step < hi) {
-        grad_logits[first_error_step] = static_cast<scalar_t>(at_first_error[b - b_begin]);
+        const int64_t t = first_error_step;
+        const acc_t x = static_cast<acc_t>(logits[t]);
+        grad_logits[t] = static_cast<scalar_t>(step_grad(x, hazards[t - lo], coef, first_error_grad, t, t));
       }
     }
     void end(int64_t) {}
@@ -163,25 +148,16 @@ void crm_loss_backward_kernel(const at::opmath_type<scalar_t>* grad_losses, cons
     transform_block(logits + first, count, values, [](const Vec& x) { return sigmoid(x); });
   };
   parallel_for_trajectories(cu_steps, num_trajectories, num_steps, [&](int64_t b_begin, int64_t b_end) {
-    const int64_t range = b_end - b_begin;
-    std::vector<acc_t> coefs(range), first_error_grads(range), at_first_error(range);
+    std::vector<acc_t> coefs(b_end - b_begin), first_error_grads(b_end - b_begin);
     for_each_vector<acc_t>(b_begin, b_end, [&](int64_t first, int64_t count) {
       const LabelMasks<acc_t> masks(labels, first, count);
       const Vec upstream = Vec::loadu(grad_losses + first, count);
       const Vec log_survival = Vec::loadu(log_survival_total + first, count);
-      const Vec coef = upstream * trajectory_grad_coef(log_survival, masks.correct, weights);
-      const Vec first_error_grad =
-          Math<Vec>::select(masks.has_first_error, upstream * Vec(acc_t(weights.first_error)), Vec(acc_t(0)));
-      // dl/dx_z here, SIMD over trajectories; the sweep writes it at z. sigmoid(x_z) has the bits of
-      // the sweep's hazard, the same vector function of the same value.
-      const Vec x_z = first_error_logits<acc_t>(logits, cu_steps, num_steps, labels, first, count);
-      coef.store(coefs.data() + (first - b_begin), count);
-      first_error_grad.store(first_error_grads.data() + (first - b_begin), count);
-      first_error_step_grad(x_z, sigmoid(x_z), coef, first_error_grad)
-          .store(at_first_error.data() + (first - b_begin), count);
+      (upstream * trajectory_grad_coef(log_survival, masks.correct, weights)).store(coefs.data() + (first - b_begin), count);
+      Math<Vec>::select(masks.has_first_error, upstream * Vec(acc_t(weights.first_error)), Vec(acc_t(0)))
+          .store(first_error_grads.data() + (first - b_begin), count);
     });
-    LossGrad visitor{cu_steps, labels, coefs.data(), first_error_grads.data(), at_first_error.data(), b_begin,
-                     grad_logits};
+    LossGrad visitor{logits, cu_steps, labels, coefs.data(), first_error_grads.data(), b_begin, grad_logits};
     sweep<false, index_t, acc_t>(cu_steps, b_begin, b_end, num_steps, hazard_block, visitor);
   });
 }

@@ -141,17 +141,11 @@ CRM_HOST_DEVICE T first_error_term(T x, T softplus_x, T tail, int64_t t, int64_t
   return t < z ? softplus_x : (t == z ? softplus_neg(x, tail) : T(0));
 }
 
-// dl_i/dx_z at the first wrong step itself (see trajectory_grad_coef for coef and first_error_grad).
-template <typename T>
-CRM_HOST_DEVICE T first_error_step_grad(T x, T hazard, T coef, T first_error_grad) {
-  return coef * hazard - first_error_grad * sigmoid(T(0) - x);
-}
-
 // dl_i/dx_t for step t of a trajectory, from its per-trajectory factors (see trajectory_grad_coef):
 // coef = upstream * trajectory_grad_coef, first_error_grad = upstream * w_z where z is known, else 0.
 template <typename T>
 CRM_HOST_DEVICE T step_grad(T x, T hazard, T coef, T first_error_grad, int64_t t, int64_t z) {
-  if (t == z) return first_error_step_grad(x, hazard, coef, first_error_grad);
+  if (t == z) return coef * hazard - first_error_grad * sigmoid(T(0) - x);
   return t < z ? (coef + first_error_grad) * hazard : coef * hazard;
 }
 
