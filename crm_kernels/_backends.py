@@ -160,7 +160,9 @@ def resolve(backend: str, device: torch.device) -> str:
     """The backend to run for tensors on `device`: "auto" is the first available one. When that
     is the padded eager reference because no compiled backend is there, a warning says so once:
     padding allocates B x (longest trajectory), gigabytes on a skewed batch."""
-    available = available_backends(device)
+    # The cached tuple itself: this runs on every op call, where building a list and a device cost
+    # a microsecond of a small batch's forty.
+    available = _available_on(device.type if isinstance(device, torch.device) else torch.device(device).type)
     if not available:
         raise ValueError(f"no crm_kernels backend runs on {device}: torch {torch.__version__} sees no such device")
     if backend == "auto":
@@ -168,10 +170,10 @@ def resolve(backend: str, device: torch.device) -> str:
             _warn_padded_fallback(torch.device(device).type)
         return available[0]
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}; available on {device}: {available}")
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}; available on {device}: {list(available)}")
     if backend not in available:
         reason = f" ({_extension_error()})" if backend in ("cpu", "cuda") and _extension_error() else ""
-        raise ValueError(f"backend {backend!r} is not available for tensors on {device}{reason}; available: {available}")
+        raise ValueError(f"backend {backend!r} is not available for tensors on {device}{reason}; available: {list(available)}")
     return backend
 
 
@@ -187,7 +189,12 @@ class _CompiledKernels:
     """The C++/CUDA kernels, behind the same names as the Triton module."""
 
     def __getattr__(self, name):
-        return getattr(torch.ops.crm_kernels_C, name)
+        kernel = getattr(torch.ops.crm_kernels_C, name)
+        setattr(self, name, kernel)  # found once: every op call asks for its kernel
+        return kernel
+
+
+_COMPILED_KERNELS = _CompiledKernels()
 
 
 def kernels(backend: str):
@@ -200,7 +207,7 @@ def kernels(backend: str):
         from crm_kernels import _eager
 
         return _eager
-    return _CompiledKernels()
+    return _COMPILED_KERNELS
 
 
 # ---- the scans of segment.py and rl.py ---------------------------------------------------------
