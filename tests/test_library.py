@@ -139,6 +139,21 @@ def test_auto_warns_once_when_it_falls_back_to_padding(monkeypatch):
         _backends._warn_padded_fallback.cache_clear()
 
 
+def test_private_ops_have_one_implementation_for_every_device():
+    """The "torch" backend runs wherever torch does (MPS, XPU, ...), so the private ops'
+    implementation is registered for every device, as torch's custom_op did, not for CPU and CUDA
+    alone; meta tensors get the fakes. No such device is here: the dispatcher is asked instead."""
+    for name in ("_log_survival", "_log_survival_backward", "_crm_loss", "_crm_loss_backward"):
+        qualname = f"crm_kernels::{name}"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CompositeExplicitAutograd"), name
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta"), name
+    logits, cu_steps = torch.randn(5, device="meta"), torch.tensor([0, 2, 5], device="meta")
+    assert crm_kernels.log_survival(logits, cu_steps, backend="torch", validate=False).shape == (5,)
+    loss = crm_kernels.crm_loss(logits, cu_steps, torch.tensor([True, False], device="meta"), backend="torch",
+                                validate=False)  # fmt: skip
+    assert loss.shape == () and loss.device.type == "meta"
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS + ["torch"])
 def test_double_backward_is_refused_clearly(backend, seed):
     """The backward ops are not differentiable: create_graph=True raises, naming the op, rather

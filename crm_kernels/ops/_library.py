@@ -1,7 +1,7 @@
 """The torch.library namespace `crm_kernels` of the private ops, and the one way an op is put in it.
 
 Each op file defines its schema here with the implementation every backend shares (validation,
-then `kernels(backend)`) and a fake for tracing. The Autograd kernels of the differentiable ops
+then `kernels(backend)`), for every device as torch's `custom_op` does, and a fake for tracing. The Autograd kernels of the differentiable ops
 are C++ (csrc/autograd.cpp), registered when the extension `crm_kernels._C` loads: torch's
 Python `custom_op` autograd cost about 30 us per forward+backward in argument plumbing alone
 (issue 15), more than the kernels of a small batch. Without the extension, `refuse_gradients`
@@ -22,12 +22,12 @@ DIFFERENTIABLE: list[str] = []
 
 
 def define(schema: str, implementation: Callable, fake: Callable, *, differentiable: bool = False):
-    """Defines `crm_kernels::<name>(...)` from `schema`, runs `implementation` on CPU and CUDA
-    tensors, `fake` under tracing. Returns the op (`torch.ops.crm_kernels.<name>.default`)."""
+    """Defines `crm_kernels::<name>(...)` from `schema`, runs `implementation` on tensors of any
+    device (the "torch" backend runs wherever torch does), `fake` under tracing and on meta
+    tensors. Returns the op (`torch.ops.crm_kernels.<name>.default`)."""
     name = schema.split("(", 1)[0]
     LIBRARY.define(schema)
-    for device in ("CPU", "CUDA"):
-        LIBRARY.impl(name, implementation, device)
+    LIBRARY.impl(name, implementation, "CompositeExplicitAutograd")
     torch.library.register_fake(f"crm_kernels::{name}", fake, lib=LIBRARY)
     if differentiable:
         DIFFERENTIABLE.append(name)
