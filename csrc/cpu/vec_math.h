@@ -36,4 +36,13 @@ struct Math<at::vec::Vectorized<T>> {
   static Vec select(const Vec& mask, const Vec& a, const Vec& b) { return Vec::blendv(b, a, mask); }
 };
 
+// Lane 0 of a vector: a single value evaluated with the vector functions above gets the bits the
+// vector paths give it, and avoids libm's scalar log1pf and expf, several times slower.
+template <typename T>
+T first_lane(const at::vec::Vectorized<T>& v) {
+  T lanes[at::vec::Vectorized<T>::size()];
+  v.store(lanes);
+  return lanes[0];
+}
+
 }  // namespace crm
