@@ -145,7 +145,7 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     if in_one_pass is not None:
         return in_one_pass
     if _is_prefix_mask(mask):
-        return _gae_right_padded(rewards, _float(values), mask.to(rewards.dtype), gamma, lam)
+        return _gae_right_padded(rewards, _float(values), mask.bool(), gamma, lam)
     packed_rewards, offsets = packed_from_padded(token_rewards, mask)
     packed_values, _ = packed_from_padded(values, mask)
     advantages, returns = segment_gae(packed_rewards, packed_values, offsets, gamma, lam, validate=False)
@@ -166,15 +166,17 @@ def _is_prefix_mask(mask: Tensor) -> bool:
 def _gae_right_padded(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float):
     """GAE when each row's trajectory is a prefix: the zeros after it add nothing, so the reverse
     discounted sum runs on whole rows, each row one segment of segment's linear scan."""
+    # torch.where, not a product with the mask: whatever sits under a masked-out token (NaN, inf)
+    # must not reach a result, and NaN * 0 is NaN.
     next_values = torch.zeros_like(values)
-    next_values[:, :-1] = (values * mask)[:, 1:]
-    advantages = (rewards + gamma * next_values - values) * mask
+    next_values[:, :-1] = values.where(mask, 0.0)[:, 1:]
+    advantages = (rewards + gamma * next_values - values).where(mask, 0.0)
     rows, length = advantages.shape
     row_offsets = torch.arange(rows + 1, device=advantages.device) * length
     scanned = segment_reverse_discounted_sum(advantages.reshape(-1), row_offsets, float(gamma) * float(lam),
                                              validate=False)  # fmt: skip
     advantages = scanned.view(rows, length)
-    return advantages, (advantages + values) * mask
+    return advantages, (advantages + values).where(mask, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------

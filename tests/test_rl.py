@@ -279,6 +279,29 @@ def test_gae_skips_masked_out_tokens_inside_a_row(seed):
     torch.testing.assert_close(returns, torch.where(mask, expected + values, 0.0), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("length", [1, 3, 4, 6, 37])
+def test_gae_float32_matches_float64_in_every_row_position(length, seed):
+    """float32 rows: the C++ scan walks four rows at a time in vector lanes and the remaining rows
+    and the last length % 4 columns one token at a time; every row gets the same bits wherever it
+    sits, and the float64 recursion to float32 rounding. Holes in the mask, NaN and inf under them."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = 11  # two groups of four and a tail of three
+    rewards = torch.randn(rows, length, generator=generator) * 10
+    values = torch.randn(rows, length, generator=generator)
+    mask = torch.rand(rows, length, generator=generator) < 0.7
+    for row in (0, 5, 9):  # row 0 in the first group, its copies in the second group and the tail
+        rewards[row], values[row], mask[row] = rewards[0], values[0], mask[0]
+    rewards, values = rewards.masked_fill(~mask, float("nan")), values.masked_fill(~mask, float("inf"))
+    advantages, returns = rl.gae(rewards, values, mask, 0.99, 0.95)
+    for row in (5, 9):
+        assert torch.equal(advantages[row], advantages[0]) and torch.equal(returns[row], returns[0])
+    expected_advantages, expected_returns = rl.gae(rewards.double(), values.double(), mask, 0.99, 0.95)
+    assert advantages.dtype == torch.float32
+    torch.testing.assert_close(advantages, expected_advantages.float(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(returns, expected_returns.float(), rtol=1e-6, atol=1e-5)
+    assert not advantages[~mask].any() and not returns[~mask].any()
+
+
 def test_scan_paths_agree_on_nan_empty_segments_and_int32_offsets(monkeypatch):
     values = torch.tensor([3.0, float("nan"), 1.0, 2.0, -1.0, 5.0, 0.5])
     offsets = torch.tensor([0, 0, 4, 4, 7], dtype=torch.int32)

@@ -14,11 +14,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <type_traits>
 
 #include "sweep.h"
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -138,8 +143,109 @@ at::Tensor segment_to_rows(const at::Tensor& values, const at::Tensor& offsets, 
 
 // GAE over [B, L] rows with a response mask (verl's compute_gae_advantage_return): masked-out
 // tokens are skipped (their advantage and return are 0 and the recursion passes over them), the
-// value after a row's last masked token is 0.
+// value after a row's last masked token is 0. Each row's recursion runs in double:
+//   delta = r_t + gamma * V_next - V_t,  A_t = delta + gamma * lam * A_next
+// with both multiply-adds fused (std::fma here, _mm256_fmadd_pd below), so that every path gives
+// the same bits. Masked-out tokens leave a row's state as it is, without a branch.
+struct GaeState {
+  double next_value = 0.0, running = 0.0;
+};
+
+template <typename scalar_t>
+inline void gae_token(GaeState& state, scalar_t reward, scalar_t value_in, bool keep, double gamma, double decay,
+                      scalar_t& advantage, scalar_t& value_return) {
+  const double value = value_in;
+  const double updated = std::fma(decay, state.running, std::fma(gamma, state.next_value, double(reward)) - value);
+  state.running = keep ? updated : state.running;
+  state.next_value = keep ? value : state.next_value;
+  advantage = keep ? static_cast<scalar_t>(state.running) : scalar_t(0);
+  value_return = keep ? static_cast<scalar_t>(state.running + value) : scalar_t(0);
+}
+
 constexpr int64_t kRowsAtOnce = 4;
+
+// Returns false where no vectorized walk exists (float64, or a build without AVX2): the caller walks
+// the rows one token at a time.
+template <typename scalar_t>
+bool gae_four_rows_vectorized(const scalar_t*, const scalar_t*, const bool*, scalar_t*, scalar_t*, int64_t, double,
+                              double, GaeState*) {
+  return false;
+}
+
+#ifdef __AVX2__
+// Four float32 rows at once, one row per double lane: a row's recursion is a chain of dependent
+// multiply-adds along its columns, so vectorizing means going across rows. Tiles of 4 rows x 4
+// columns are loaded row-wise, transposed in registers into 4 columns of 4 rows, stepped through
+// from the last column to the first, and transposed back for the stores. On [65,536, 288] on the
+// project's machine: 29 -> 24 ms (the scalar walk spent ~16 instructions a token), then 20 ms with
+// the prefetch below; about 8 ms of the rest is the kernel zeroing the outputs' fresh pages.
+template <>
+bool gae_four_rows_vectorized<float>(const float* r, const float* v, const bool* keep, float* adv, float* ret,
+                                     int64_t length, double gamma, double decay, GaeState* state) {
+  // The next four rows, into cache while these are walked: the walk runs backwards over 12 input
+  // streams, which the hardware prefetchers did not keep up with (the tiles' first loads stalled).
+  // Past the last row these are hints to addresses never read: a prefetch does not fault.
+  for (int64_t k = 4; k < 8; ++k) {
+    for (int64_t t = 0; t < length; t += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(r + k * length + t), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(v + k * length + t), _MM_HINT_T0);
+    }
+    for (int64_t t = 0; t < length; t += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(keep + k * length + t), _MM_HINT_T0);
+    }
+  }
+  // Columns past the last multiple of 4 first (the walk goes backwards), one row at a time.
+  const int64_t tiled = length / 4 * 4;
+  for (int64_t k = 0; k < 4; ++k) {
+    for (int64_t t = length - 1; t >= tiled; --t) {
+      const int64_t i = k * length + t;
+      gae_token(state[k], r[i], v[i], keep[i], gamma, decay, adv[i], ret[i]);
+    }
+  }
+  __m256d next_value = _mm256_setr_pd(state[0].next_value, state[1].next_value, state[2].next_value,
+                                      state[3].next_value);
+  __m256d running = _mm256_setr_pd(state[0].running, state[1].running, state[2].running, state[3].running);
+  const __m256d gamma_v = _mm256_set1_pd(gamma), decay_v = _mm256_set1_pd(decay), zero = _mm256_setzero_pd();
+  // Byte 4 * row + column of the 4 rows' mask bytes, gathered column by column.
+  const __m128i by_column = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  for (int64_t c = tiled - 4; c >= 0; c -= 4) {
+    __m128 rewards[4], values[4];
+    int32_t keep_rows[4];
+    for (int k = 0; k < 4; ++k) {
+      rewards[k] = _mm_loadu_ps(r + k * length + c);
+      values[k] = _mm_loadu_ps(v + k * length + c);
+      std::memcpy(&keep_rows[k], keep + k * length + c, 4);
+    }
+    _MM_TRANSPOSE4_PS(rewards[0], rewards[1], rewards[2], rewards[3]);
+    _MM_TRANSPOSE4_PS(values[0], values[1], values[2], values[3]);
+    const __m128i keep_columns = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(keep_rows)),
+                                                  by_column);
+    __m128 advantages[4], returns[4];
+    const auto step = [&](auto column) {
+      constexpr int j = decltype(column)::value;
+      const __m256d keep_j = _mm256_castsi256_pd(
+          _mm256_cmpgt_epi64(_mm256_cvtepu8_epi64(_mm_srli_si128(keep_columns, 4 * j)), _mm256_setzero_si256()));
+      const __m256d value = _mm256_cvtps_pd(values[j]);
+      const __m256d delta = _mm256_sub_pd(_mm256_fmadd_pd(gamma_v, next_value, _mm256_cvtps_pd(rewards[j])), value);
+      running = _mm256_blendv_pd(running, _mm256_fmadd_pd(decay_v, running, delta), keep_j);
+      next_value = _mm256_blendv_pd(next_value, value, keep_j);
+      advantages[j] = _mm256_cvtpd_ps(_mm256_blendv_pd(zero, running, keep_j));
+      returns[j] = _mm256_cvtpd_ps(_mm256_blendv_pd(zero, _mm256_add_pd(running, value), keep_j));
+    };
+    step(std::integral_constant<int, 3>{});
+    step(std::integral_constant<int, 2>{});
+    step(std::integral_constant<int, 1>{});
+    step(std::integral_constant<int, 0>{});
+    _MM_TRANSPOSE4_PS(advantages[0], advantages[1], advantages[2], advantages[3]);
+    _MM_TRANSPOSE4_PS(returns[0], returns[1], returns[2], returns[3]);
+    for (int k = 0; k < 4; ++k) {
+      _mm_storeu_ps(adv + k * length + c, advantages[k]);
+      _mm_storeu_ps(ret + k * length + c, returns[k]);
+    }
+  }
+  return true;
+}
+#endif
 
 std::tuple<at::Tensor, at::Tensor> masked_gae(const at::Tensor& rewards, const at::Tensor& values,
                                               const at::Tensor& mask, double gamma, double lam) {
@@ -155,6 +261,7 @@ std::tuple<at::Tensor, at::Tensor> masked_gae(const at::Tensor& rewards, const a
   at::Tensor returns = fresh_output(rewards.sizes(), rewards.options());
   const int64_t rows = rewards.size(0), length = rewards.size(1);
   const bool* keep = mask.data_ptr<bool>();
+  const double decay = gamma * lam;
   AT_DISPATCH_FLOATING_TYPES(rewards.scalar_type(), "masked_gae", [&] {
     const scalar_t* r = rewards.data_ptr<scalar_t>();
     const scalar_t* v = values.data_ptr<scalar_t>();
@@ -163,22 +270,17 @@ std::tuple<at::Tensor, at::Tensor> masked_gae(const at::Tensor& rewards, const a
     const int64_t grain = std::max<int64_t>(kRowsAtOnce, kMinStepsPerRange / std::max<int64_t>(length, 1));
     at::parallel_for(0, rows, grain, [&](int64_t row_begin, int64_t row_end) {
       for (int64_t first = row_begin; first < row_end; first += kRowsAtOnce) {
-        // kRowsAtOnce independent recursions side by side: one row's recursion is a chain of
-        // dependent multiply-adds, and interleaved rows overlap their latencies (67.6 -> 57 ms on
-        // [65,536, 288] on the project's machine, where the page faults of the fresh outputs are
-        // most of the rest). Masked-out tokens leave a row's state as it is, without a branch;
-        // each kept token is computed as before, so the results keep their bits.
-        const int64_t count = std::min<int64_t>(kRowsAtOnce, row_end - first);
-        double next_value[kRowsAtOnce] = {}, running[kRowsAtOnce] = {};
+        const int64_t count = std::min<int64_t>(kRowsAtOnce, row_end - first), offset = first * length;
+        GaeState state[kRowsAtOnce];
+        if (count == kRowsAtOnce && gae_four_rows_vectorized(r + offset, v + offset, keep + offset, adv + offset,
+                                                             ret + offset, length, gamma, decay, state)) {
+          continue;
+        }
+        // kRowsAtOnce independent recursions side by side, so that their latencies overlap.
         for (int64_t t = length - 1; t >= 0; --t) {
           for (int64_t k = 0; k < count; ++k) {
-            const int64_t i = (first + k) * length + t;
-            const double value = v[i];
-            const double updated = (r[i] + gamma * next_value[k] - value) + gamma * lam * running[k];
-            running[k] = keep[i] ? updated : running[k];
-            next_value[k] = keep[i] ? value : next_value[k];
-            adv[i] = keep[i] ? static_cast<scalar_t>(running[k]) : scalar_t(0);
-            ret[i] = keep[i] ? static_cast<scalar_t>(running[k] + value) : scalar_t(0);
+            const int64_t i = offset + k * length + t;
+            gae_token(state[k], r[i], v[i], keep[i], gamma, decay, adv[i], ret[i]);
           }
         }
       }
