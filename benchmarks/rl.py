@@ -9,6 +9,8 @@ Workloads (issue 6):
   reverse loop over token columns for returns, and verl's GRPO grouping (Python loops over samples
   and groups).
 - rollouts_gae: GAE (gamma 0.99, lambda 0.95) over the same batch's token layout [65,536, L].
+- rollouts_gae, out=: the same GAE writing into two [65,536, L] buffers kept across calls, as a
+  trainer can (`rl.gae(..., out=)`): on CPU a fresh output costs the kernel zeroing its pages.
 - long_gae: 1,024 responses of 16,384 tokens (random lengths up to that), GAE with gamma 0.99,
   lambda 0.95. Loop: verl's `compute_gae_advantage_return` (reverse loop over token columns).
 
@@ -173,7 +175,13 @@ def rollouts(device, repeats):
     gae = {"workload": f"rollouts_gae: GAE over the same batch's token layout [65,536, {seq_len}]",
            "tokens": int(mask.sum()), "floor_bytes": gae_bytes(token_rewards, values, mask),
            **timing(gae_ours, gae_loops, repeats, device)}  # fmt: skip
-    return [placement, gae]
+    # The same call writing into buffers a trainer keeps across steps (out=): no fresh pages to zero.
+    outputs = (torch.empty_like(values), torch.empty_like(values))
+    gae_into = lambda: rl.gae(token_rewards, values, mask, 0.99, 0.95, out=outputs)  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(gae_into(), gae_ours()))
+    gae_out = {**gae, "workload": "rollouts_gae, out=: GAE as above into reused buffers (rl.gae(..., out=))",
+               **timing(gae_into, gae_loops, repeats, device)}  # fmt: skip
+    return [placement, gae, gae_out]
 
 
 def long_gae(device, repeats):

@@ -85,6 +85,10 @@ def _register_fakes() -> None:
     def _(rewards, values, mask, gamma, lam):
         return torch.empty_like(rewards), torch.empty_like(rewards)
 
+    @register("masked_gae_out")
+    def _(rewards, values, mask, gamma, lam, advantages, returns):
+        return None
+
 
 def _has_compiled_kernel(dispatch_key: str, op: str = "crm_loss_forward") -> bool:
     return _extension_error() is None and torch._C._dispatch_has_kernel_for_dispatch_key(
@@ -277,3 +281,14 @@ def masked_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
         return torch.ops.crm_kernels_C.masked_gae(rewards.contiguous(), values.to(rewards.dtype).contiguous(),
                                                   mask.bool().contiguous(), gamma, lam)  # fmt: skip
     return None
+
+
+def masked_gae_out(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float,
+                   advantages: torch.Tensor, returns: torch.Tensor) -> bool:  # fmt: skip
+    """masked_gae into the given contiguous outputs of rewards' shape and dtype (C++ only); False
+    where no kernel takes these tensors."""
+    if scan_backend(rewards, values, mask, advantages, returns) != "cpu":
+        return False
+    torch.ops.crm_kernels_C.masked_gae_out(rewards.contiguous(), values.to(rewards.dtype).contiguous(),
+                                           mask.bool().contiguous(), gamma, lam, advantages, returns)  # fmt: skip
+    return True

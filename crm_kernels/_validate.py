@@ -206,6 +206,38 @@ def check_same_shape(value, name: str, reference: torch.Tensor, reference_name: 
     return value
 
 
+def check_out_pair(out, like: torch.Tensor, names: tuple[str, str],
+                   inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`out=`: two contiguous tensors of `like`'s shape, dtype and device that need no gradient
+    (writing into them is not differentiable) and share no memory with each other or the inputs."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise ValueError(f"out must be a pair of tensors ({names[0]}, {names[1]}), got {type(out).__name__}")
+    for tensor, name in zip(out, names):
+        _tensor(tensor, f"out's {name}")
+        if tensor.shape != like.shape or tensor.dtype != like.dtype or tensor.device != like.device:
+            raise ValueError(f"out's {name} must be {like.dtype} of shape {tuple(like.shape)} on {like.device}, got "
+                             f"{tensor.dtype} of shape {tuple(tensor.shape)} on {tensor.device}")  # fmt: skip
+        if not tensor.is_contiguous():
+            raise ValueError(f"out's {name} must be contiguous")
+        if tensor.requires_grad:
+            raise ValueError(f"out's {name} requires a gradient: writing into it is not differentiable")
+    pairs = [(names[0], out[0], f"out's {names[1]}", out[1])]
+    pairs += [(name, tensor, input_name, value) for name, tensor in zip(names, out) for input_name, value in inputs.items()]
+    for name, tensor, other_name, other in pairs:
+        if _overlap(tensor, other):
+            raise ValueError(f"out's {name} shares memory with {other_name}")
+    return out[0], out[1]
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of a (contiguous) and b intersect."""
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    b_first = b.data_ptr()
+    b_last = b_first + (sum((size - 1) * stride for size, stride in zip(b.shape, b.stride())) + 1) * b.element_size()
+    return b_first < a.data_ptr() + a.nbytes and a.data_ptr() < b_last
+
+
 def check_choice(value, name: str, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

@@ -21,6 +21,9 @@ TORCH_LIBRARY(crm_kernels_C, m) {
   m.def("segment_reverse_cummin(Tensor values, Tensor offsets) -> Tensor");
   m.def("segment_to_rows(Tensor values, Tensor offsets, Tensor columns, int seq_len) -> Tensor");
   m.def("masked_gae(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam) -> (Tensor, Tensor)");
+  m.def(
+      "masked_gae_out(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam, Tensor(a!) advantages, "
+      "Tensor(b!) returns) -> ()");
 }
 
 // `import crm_kernels._C` loads this library and so runs the registrations above; the module

@@ -302,6 +302,66 @@ def test_gae_float32_matches_float64_in_every_row_position(length, seed):
     assert not advantages[~mask].any() and not returns[~mask].any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gae_out_writes_the_same_bits_into_the_given_buffers(dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(9, 21, generator=generator, dtype=dtype)
+    values = torch.randn(9, 21, generator=generator, dtype=dtype)
+    mask = torch.rand(9, 21, generator=generator) < 0.8
+    expected = rl.gae(rewards, values, mask, 0.99, 0.95)
+    out = (torch.full_like(rewards, float("nan")), torch.full_like(rewards, float("nan")))  # nothing left unwritten
+    got = rl.gae(rewards, values, mask, 0.99, 0.95, out=out)
+    assert got[0] is out[0] and got[1] is out[1]
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_gae_rejects_bad_out_and_arguments():
+    rewards, values, mask = torch.randn(4, 8), torch.randn(4, 8), torch.ones(4, 8, dtype=torch.bool)
+    fresh = lambda: torch.empty(4, 8)  # noqa: E731
+    buffer = torch.empty(2, 4, 8)
+    bad_outs = [
+        (fresh(), "out must be a pair of tensors"),
+        ((fresh(),), "out must be a pair of tensors"),
+        ((fresh(), None), "out's returns must be a torch.Tensor"),
+        ((torch.empty(4, 9), fresh()), r"out's advantages must be torch.float32 of shape \(4, 8\)"),
+        ((fresh(), torch.empty(4, 8, dtype=torch.float64)), "out's returns must be torch.float32"),
+        ((torch.empty(8, 4).t(), fresh()), "out's advantages must be contiguous"),
+        ((fresh().requires_grad_(), fresh()), "requires a gradient"),
+        ((buffer[0], buffer[0]), "out's advantages shares memory with out's returns"),
+        ((buffer.view(-1)[4:36].view(4, 8), buffer[0]), "out's advantages shares memory with out's returns"),
+        ((fresh(), rewards), "out's returns shares memory with token_rewards"),
+        ((values, fresh()), "out's advantages shares memory with values"),
+    ]
+    for out, message in bad_outs:
+        with pytest.raises((ValueError, TypeError), match=message):
+            rl.gae(rewards, values, mask, 0.9, 0.9, out=out)
+    with pytest.raises(ValueError, match="out= is not differentiable"):
+        rl.gae(rewards.requires_grad_(), values, mask, out=(fresh(), fresh()))
+    with pytest.raises(ValueError, match=r"token_rewards must be a \[B, L\] tensor, got NoneType"):
+        rl.gae(None, values, mask)
+    with pytest.raises(ValueError, match=r"token_rewards must be a \[B, L\] tensor, got \(32,\)"):
+        rl.gae(torch.randn(32), values, mask)
+
+
+def test_compiled_scans_pass_opcheck(scan_path):
+    """The C++ scans as torch ops: schema (masked_gae_out's mutated outputs), fakes, and tracing."""
+    if scan_path != "one_pass":
+        pytest.skip("the C++ scans only")
+    scans = torch.ops.crm_kernels_C
+    values, offsets = torch.randn(12, dtype=torch.float64), torch.tensor([0, 3, 3, 12])
+    rewards, critic = torch.randn(5, 7), torch.randn(5, 7)
+    mask = torch.rand(5, 7) < 0.7
+    calls = [
+        (scans.segment_linear_scan.default, (values, offsets, 0.9, True)),
+        (scans.segment_reverse_cummin.default, (values, offsets)),
+        (scans.segment_to_rows.default, (values, offsets, torch.arange(12) % 4, 5)),
+        (scans.masked_gae.default, (rewards, critic, mask, 0.99, 0.95)),
+        (scans.masked_gae_out.default, (rewards, critic, mask, 0.99, 0.95, torch.empty(5, 7), torch.empty(5, 7))),
+    ]
+    for op, args in calls:
+        torch.library.opcheck(op, args)
+
+
 def test_scan_paths_agree_on_nan_empty_segments_and_int32_offsets(monkeypatch):
     values = torch.tensor([3.0, float("nan"), 1.0, 2.0, -1.0, 5.0, 0.5])
     offsets = torch.tensor([0, 0, 4, 4, 7], dtype=torch.int32)

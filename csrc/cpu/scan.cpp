@@ -247,18 +247,9 @@ bool gae_four_rows_vectorized<float>(const float* r, const float* v, const bool*
 }
 #endif
 
-std::tuple<at::Tensor, at::Tensor> masked_gae(const at::Tensor& rewards, const at::Tensor& values,
-                                              const at::Tensor& mask, double gamma, double lam) {
-  TORCH_CHECK(rewards.dim() == 2 && rewards.is_contiguous() && values.is_contiguous() && mask.is_contiguous(),
-              "rewards, values and mask must be contiguous [B, L] tensors");
-  TORCH_CHECK(values.sizes() == rewards.sizes() && mask.sizes() == rewards.sizes(),
-              "rewards, values and mask must share one shape");
-  TORCH_CHECK(values.scalar_type() == rewards.scalar_type() && mask.scalar_type() == at::kBool,
-              "values must have rewards' dtype and mask must be bool");
-  TORCH_CHECK(rewards.scalar_type() == at::kFloat || rewards.scalar_type() == at::kDouble,
-              "rewards must be float32 or float64");
-  at::Tensor advantages = fresh_output(rewards.sizes(), rewards.options());
-  at::Tensor returns = fresh_output(rewards.sizes(), rewards.options());
+// Writes into advantages and returns, which the caller checked: [B, L] contiguous of rewards' dtype.
+void masked_gae_into(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask, double gamma,
+                     double lam, const at::Tensor& advantages, const at::Tensor& returns) {
   const int64_t rows = rewards.size(0), length = rewards.size(1);
   const bool* keep = mask.data_ptr<bool>();
   const double decay = gamma * lam;
@@ -286,7 +277,39 @@ std::tuple<at::Tensor, at::Tensor> masked_gae(const at::Tensor& rewards, const a
       }
     });
   });
+}
+
+void check_gae_tensors(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask) {
+  TORCH_CHECK(rewards.dim() == 2 && rewards.is_contiguous() && values.is_contiguous() && mask.is_contiguous(),
+              "rewards, values and mask must be contiguous [B, L] tensors");
+  TORCH_CHECK(values.sizes() == rewards.sizes() && mask.sizes() == rewards.sizes(),
+              "rewards, values and mask must share one shape");
+  TORCH_CHECK(values.scalar_type() == rewards.scalar_type() && mask.scalar_type() == at::kBool,
+              "values must have rewards' dtype and mask must be bool");
+  TORCH_CHECK(rewards.scalar_type() == at::kFloat || rewards.scalar_type() == at::kDouble,
+              "rewards must be float32 or float64");
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_gae(const at::Tensor& rewards, const at::Tensor& values,
+                                              const at::Tensor& mask, double gamma, double lam) {
+  check_gae_tensors(rewards, values, mask);
+  at::Tensor advantages = fresh_output(rewards.sizes(), rewards.options());
+  at::Tensor returns = fresh_output(rewards.sizes(), rewards.options());
+  masked_gae_into(rewards, values, mask, gamma, lam, advantages, returns);
   return {advantages, returns};
+}
+
+// masked_gae into the caller's buffers: a trainer that keeps them across steps skips the kernel
+// zeroing fresh pages, about 8 ms of the 20 ms on [65,536, 288] on the project's machine.
+void masked_gae_out(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask, double gamma,
+                    double lam, const at::Tensor& advantages, const at::Tensor& returns) {
+  check_gae_tensors(rewards, values, mask);
+  for (const at::Tensor* out : {&advantages, &returns}) {
+    TORCH_CHECK(out->sizes() == rewards.sizes() && out->is_contiguous() &&
+                    out->scalar_type() == rewards.scalar_type() && out->is_cpu(),
+                "advantages and returns must be contiguous CPU tensors of rewards' shape and dtype");
+  }
+  masked_gae_into(rewards, values, mask, gamma, lam, advantages, returns);
 }
 
 }  // namespace
@@ -296,6 +319,7 @@ TORCH_LIBRARY_IMPL(crm_kernels_C, CPU, m) {
   m.impl("segment_reverse_cummin", &segment_reverse_cummin);
   m.impl("segment_to_rows", &segment_to_rows);
   m.impl("masked_gae", &masked_gae);
+  m.impl("masked_gae_out", &masked_gae_out);
 }
 
 }  // namespace crm::cpu
