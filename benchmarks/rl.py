@@ -8,6 +8,8 @@ Workloads (issue 6):
   places each step reward at its token (verl's reward managers loop over samples), OpenRLHF's
   reverse loop over token columns for returns, and verl's GRPO grouping (Python loops over samples
   and groups).
+- rollouts, out=: the same, with the token rewards written into a [65,536, L] buffer kept across
+  calls (`rl.to_token_level(..., out=)`).
 - rollouts_gae: GAE (gamma 0.99, lambda 0.95) over the same batch's token layout [65,536, L].
 - rollouts_gae, out=: the same GAE writing into two [65,536, L] buffers kept across calls, as a
   trainer can (`rl.gae(..., out=)`): on CPU a fresh output costs the kernel zeroing its pages.
@@ -156,7 +158,16 @@ def rollouts(device, repeats):
         returns = loop_returns(token_level, mask)
         return token_level, returns, loop_grpo(token_level.sum(1), index)
 
+    token_buffer = torch.empty(trajectories, seq_len, device=device)
+
+    def ours_into_buffer():  # the same, the token rewards written into a buffer kept across calls
+        token_level = rl.to_token_level(rewards, cu_steps, step_token_index, seq_len, out=token_buffer)
+        returns = rl.returns_to_go(rewards, cu_steps)
+        scores = segment_sum(rewards, cu_steps)
+        return token_level, returns, rl.group_advantages(scores, cu_groups)
+
     ours_out, loop_out = ours(), loops()
+    assert all(torch.equal(a, b) for a, b in zip(ours_into_buffer(), ours_out))
     torch.testing.assert_close(ours_out[0], loop_out[0])
     torch.testing.assert_close(ours_out[2], loop_out[2], rtol=1e-4, atol=1e-4)
     steps = int(cu_steps[-1])
@@ -166,6 +177,9 @@ def rollouts(device, repeats):
                              "Poisson(16) steps, 8 tokens/step, groups of 8",
                  "steps": steps, "seq_len": seq_len, "floor_bytes": floor_bytes,
                  **timing(ours, loops, repeats, device)}  # fmt: skip
+    placement_out = {**placement, "workload": "rollouts, out=: as above, the token rewards into a reused buffer "
+                                              "(rl.to_token_level(..., out=))",
+                     **timing(ours_into_buffer, loops, repeats, device)}  # fmt: skip
 
     values = torch.randn(trajectories, seq_len, generator=generator).to(device) * mask
     token_rewards = ours_out[0]
@@ -181,7 +195,7 @@ def rollouts(device, repeats):
     assert all(torch.equal(a, b) for a, b in zip(gae_into(), gae_ours()))
     gae_out = {**gae, "workload": "rollouts_gae, out=: GAE as above into reused buffers (rl.gae(..., out=))",
                **timing(gae_into, gae_loops, repeats, device)}  # fmt: skip
-    return [placement, gae, gae_out]
+    return [placement, placement_out, gae, gae_out]
 
 
 def long_gae(device, repeats):

@@ -77,6 +77,10 @@ def _register_fakes() -> None:
     def _(values, offsets):
         return torch.empty_like(values)
 
+    @register("segment_sum")
+    def _(values, offsets):
+        return values.new_empty((offsets.shape[0] - 1,))
+
     @register("segment_to_rows")
     def _(values, offsets, columns, seq_len):
         return values.new_empty((offsets.shape[0] - 1, seq_len))
@@ -84,6 +88,10 @@ def _register_fakes() -> None:
     @register("masked_gae")
     def _(rewards, values, mask, gamma, lam):
         return torch.empty_like(rewards), torch.empty_like(rewards)
+
+    @register("segment_to_rows_out")
+    def _(values, offsets, columns, rows):
+        return None
 
     @register("masked_gae_out")
     def _(rewards, values, mask, gamma, lam, advantages, returns):
@@ -264,6 +272,13 @@ def reverse_cummin(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor 
     return None
 
 
+def segment_sum(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor | None:
+    """[B] sum of each segment of floating `values`, added in float64 (C++ only), or None."""
+    if scan_backend(values) == "cpu":
+        return torch.ops.crm_kernels_C.segment_sum(values.contiguous(), offsets.long().contiguous())
+    return None
+
+
 def segment_to_rows(values: torch.Tensor, offsets: torch.Tensor, columns: torch.Tensor,
                     seq_len: int) -> torch.Tensor | None:  # fmt: skip
     """[B, seq_len] zeros with each segment's floating values added at their columns, in one
@@ -272,6 +287,17 @@ def segment_to_rows(values: torch.Tensor, offsets: torch.Tensor, columns: torch.
         return torch.ops.crm_kernels_C.segment_to_rows(values.contiguous(), offsets.long().contiguous(),
                                                        columns.long().contiguous(), seq_len)  # fmt: skip
     return None
+
+
+def segment_to_rows_out(values: torch.Tensor, offsets: torch.Tensor, columns: torch.Tensor,
+                        rows: torch.Tensor) -> bool:  # fmt: skip
+    """segment_to_rows into the given contiguous [B, seq_len] rows of values' dtype (C++ only);
+    False where no kernel takes these tensors."""
+    if scan_backend(values, rows) != "cpu":
+        return False
+    torch.ops.crm_kernels_C.segment_to_rows_out(values.contiguous(), offsets.long().contiguous(),
+                                                columns.long().contiguous(), rows)  # fmt: skip
+    return True
 
 
 def masked_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,

@@ -26,10 +26,11 @@ from . import _backends
 from ._numerics import softplus
 from ._validate import (
     check_choice,
+    check_count,
     check_cu_steps,
     check_discount,
     check_logits,
-    check_out_pair,
+    check_out,
     check_positive,
     check_same_shape,
     check_segments,
@@ -71,18 +72,34 @@ def returns_to_go(step_rewards: Tensor, cu_steps: Tensor, gamma: float = 1.0, *,
 
 
 def to_token_level(step_values: Tensor, cu_steps: Tensor, step_token_index: Tensor, seq_len: int, *,
-                   validate: bool = True) -> Tensor:  # fmt: skip
+                   validate: bool = True, out: Tensor | None = None) -> Tensor:  # fmt: skip
     """[B, seq_len] with each step's value at the token that ends it (column step_token_index),
-    zero elsewhere. Steps of one row ending at the same token add up."""
+    zero elsewhere. Steps of one row ending at the same token add up.
+
+    out: an optional contiguous [B, seq_len] tensor of the result's dtype (float32, float64 for
+    float64 values) and device to write into and return, as in `gae`: on CPU a fresh result costs
+    the kernel zeroing its pages, most of this call on [65,536, 288]. Not differentiable."""
     batch = check_segments(step_values, cu_steps, validate, values_name="step_values", offsets_name="cu_steps")
+    check_count(seq_len, "seq_len")
     if validate:
         check_step_token_index(step_token_index, step_values, seq_len)
     values = _float(step_values)
-    in_one_pass = _backends.segment_to_rows(values, cu_steps, step_token_index, seq_len)
-    if in_one_pass is not None:
-        return in_one_pass
+    if out is None:
+        in_one_pass = _backends.segment_to_rows(values, cu_steps, step_token_index, seq_len)
+        return in_one_pass if in_one_pass is not None else _token_level(values, cu_steps, step_token_index, seq_len)
+    inputs = {"step_values": step_values, "cu_steps": cu_steps, "step_token_index": step_token_index}
+    check_out({"out": out}, (batch, seq_len), values.dtype, values.device, inputs)
+    if torch.is_grad_enabled() and values.requires_grad:
+        raise ValueError("rl.to_token_level: out= is not differentiable, and step_values requires a gradient")
+    if not _backends.segment_to_rows_out(values, cu_steps, step_token_index, out):
+        out.copy_(_token_level(values, cu_steps, step_token_index, seq_len))
+    return out
+
+
+def _token_level(values: Tensor, cu_steps: Tensor, step_token_index: Tensor, seq_len: int) -> Tensor:
+    """to_token_level with torch ops (any device, differentiable)."""
     rows = segment_ids(cu_steps, values.numel())
-    token_level = torch.zeros(batch, seq_len, dtype=values.dtype, device=values.device)
+    token_level = torch.zeros(cu_steps.numel() - 1, seq_len, dtype=values.dtype, device=values.device)
     return token_level.index_put_((rows, step_token_index.long()), values, accumulate=True)
 
 
@@ -153,7 +170,11 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
         in_one_pass = _backends.masked_gae(rewards, values, mask, float(gamma), float(lam))
         return in_one_pass if in_one_pass is not None else _gae(rewards, values, mask, gamma, lam)
     inputs = {"token_rewards": token_rewards, "values": values, "mask": mask}
-    advantages, returns = check_out_pair(out, rewards, ("advantages", "returns"), inputs)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise ValueError(f"out must be a pair of tensors (advantages, returns), got {type(out).__name__}")
+    advantages, returns = out
+    check_out({"out's advantages": advantages, "out's returns": returns}, rewards.shape, rewards.dtype,
+              rewards.device, inputs)  # fmt: skip
     if torch.is_grad_enabled() and (rewards.requires_grad or values.requires_grad):
         raise ValueError("rl.gae: out= is not differentiable, and token_rewards or values requires a gradient")
     if not _backends.masked_gae_out(rewards, values, mask, float(gamma), float(lam), advantages, returns):

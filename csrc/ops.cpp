@@ -19,7 +19,9 @@ TORCH_LIBRARY(crm_kernels_C, m) {
   // One-pass scans behind crm_kernels.segment and crm_kernels.rl (CPU; elsewhere the torch path).
   m.def("segment_linear_scan(Tensor values, Tensor offsets, float decay, bool reverse) -> Tensor");
   m.def("segment_reverse_cummin(Tensor values, Tensor offsets) -> Tensor");
+  m.def("segment_sum(Tensor values, Tensor offsets) -> Tensor");
   m.def("segment_to_rows(Tensor values, Tensor offsets, Tensor columns, int seq_len) -> Tensor");
+  m.def("segment_to_rows_out(Tensor values, Tensor offsets, Tensor columns, Tensor(a!) rows) -> ()");
   m.def("masked_gae(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam) -> (Tensor, Tensor)");
   m.def(
       "masked_gae_out(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam, Tensor(a!) advantages, "

