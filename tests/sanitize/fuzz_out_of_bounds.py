@@ -42,7 +42,9 @@ for trial in range(400):
                 C.segment_reverse_cummin(values, cu.long())
                 columns = torch.randint(-5, 20, (n,), generator=g)
                 C.segment_to_rows(values, cu.long(), columns, 15)
-                runs += 3
+                C.segment_to_rows_out(values, cu.long(), columns, torch.empty(b, 15, dtype=values.dtype))
+                C.segment_sum(values, cu.long())
+                runs += 5
 # and large valid batches that take the threaded path
 for seed in range(3):
     lengths = torch.poisson(torch.full((20000,), 16.0), generator=g).long()
@@ -51,9 +53,14 @@ for seed in range(3):
     outcome = (torch.rand(20000, generator=g) < 0.5) | (lengths == 0)
     crm_kernels.crm_loss(x, cu, outcome, None, backend="cpu").backward()
     crm_kernels.log_survival(x, cu, backend="cpu").sum().backward()
-# GAE rows: any mask, including empty rows and rows of one token
-for rows, length in ((0, 5), (7, 0), (9, 1), (64, 700)):
-    rewards, values = torch.randn(rows, length, generator=g), torch.randn(rows, length, generator=g)
-    C.masked_gae(rewards, values, torch.rand(rows, length, generator=g) < 0.7, 0.99, 0.95)
-    runs += 1
+# GAE rows: any mask, including empty rows and rows of one token; float32 rows go four at a time
+# through 4x4 tiles, so every rows % 4 and length % 4, and the out= form
+for rows, length in ((0, 5), (7, 0), (9, 1), (64, 700), (4, 4), (5, 6), (6, 7), (11, 289), (8, 3)):
+    for dtype in (torch.float32, torch.float64):
+        rewards = torch.randn(rows, length, generator=g, dtype=dtype)
+        values = torch.randn(rows, length, generator=g, dtype=dtype)
+        mask = torch.rand(rows, length, generator=g) < 0.7
+        C.masked_gae(rewards, values, mask, 0.99, 0.95)
+        C.masked_gae_out(rewards, values, mask, 0.99, 0.95, torch.empty_like(rewards), torch.empty_like(rewards))
+        runs += 2
 print(f"no out-of-bounds access in {runs} calls on invalid input (seed {g.initial_seed()})")
