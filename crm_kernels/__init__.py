@@ -2,6 +2,7 @@
 
     loss = crm_kernels.crm_loss(logits, cu_steps, outcome, first_error)   # SPEC 3
     log_s = crm_kernels.log_survival(logits, cu_steps)                      # SPEC 1
+    crm_kernels.prm_loss / orm_loss / pqm_loss                              # the baselines, SPEC 7
 
 The contract every backend meets is docs/spec.md ("SPEC n" is its section n); `crm_kernels.reference` is its eager form.
 On top of the ops: `ConditionalRewardModel` (a transformers wrapper, `modeling`), `data` (PRM
@@ -12,7 +13,7 @@ formats -> packed tensors), `scoring` (Best-of-N, aggregations, beam prefix scor
 
 from . import data, distributed, reference, rl, scoring, segment
 from ._backends import available_backends
-from .ops import CRMLoss, crm_loss, log_survival
+from .ops import CRMLoss, crm_loss, log_survival, orm_loss, pqm_loss, prm_loss
 
 __version__ = "0.2.0"
 
@@ -25,6 +26,9 @@ __all__ = [
     "data",
     "distributed",
     "log_survival",
+    "orm_loss",
+    "pqm_loss",
+    "prm_loss",
     "reference",
     "rl",
     "scoring",

@@ -24,6 +24,12 @@ import torch
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 
+# The ops each backend implements. The baseline objectives of SPEC 7 have no Triton or CUDA kernels
+# yet (issue 16): on a GPU "auto" gives them the eager backend, and naming one of those backends
+# is refused, saying so.
+OPS = ("log_survival", "crm_loss", "prm_loss", "orm_loss", "pqm_loss")
+_IMPLEMENTS = {"torch": OPS, "cpu": OPS, "triton": ("log_survival", "crm_loss"), "cuda": ("log_survival", "crm_loss")}
+
 # "auto" on GPUs. Triton comes first until the CUDA kernels have been run and timed on a GPU: the
 # Triton kernels' logic is checked on every CI run (interpreter), the CUDA kernels' only compiled.
 GPU_PREFERENCE = ("triton", "cuda", "torch")
@@ -68,6 +74,24 @@ def _register_fakes() -> None:
     @register("crm_loss_backward")
     def _(grad_losses, logits, cu_steps, outcome, first_error, log_survival_total, w_survive, w_wrong, w_first_error):
         return torch.empty_like(logits)
+
+    def loss_fake(logits, units, normalizer):
+        return logits.new_empty(() if normalizer is not None else (units,), dtype=accumulate_dtype(logits.dtype))
+
+    @register("prm_loss_forward")
+    def _(logits, step_labels, normalizer=None):
+        return loss_fake(logits, logits.shape[0], normalizer)
+
+    @register("orm_loss_forward")
+    def _(logits, cu_steps, outcome, normalizer=None):
+        return loss_fake(logits, cu_steps.shape[0] - 1, normalizer)
+
+    @register("pqm_loss_forward")
+    def _(logits, cu_steps, first_error, margin, normalizer=None):
+        return loss_fake(logits, cu_steps.shape[0] - 1, normalizer)
+
+    for name in ("prm_loss_backward", "orm_loss_backward", "pqm_loss_backward"):
+        register(name)(lambda grad_losses, logits, *rest: torch.empty_like(logits))
 
     @register("segment_linear_scan")
     def _(values, offsets, decay, reverse):
@@ -168,24 +192,38 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return list(_available_on(torch.device(device).type))
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The backend to run for tensors on `device`: "auto" is the first available one. When that
-    is the padded eager reference because no compiled backend is there, a warning says so once:
+_AVAILABLE_FOR: dict[str, tuple[str, ...]] = {}
+
+
+@_per_device_constant(_AVAILABLE_FOR)
+def _available_for(device_and_op: str) -> tuple[str, ...]:
+    """The backends of `_available_on` that implement the op, for "<device type>:<op>"."""
+    device_type, op = device_and_op.split(":")
+    return tuple(name for name in _available_on(device_type) if op in _IMPLEMENTS[name])
+
+
+def resolve(backend: str, device: torch.device, op: str = "crm_loss") -> str:
+    """The backend to run `op` for tensors on `device`: "auto" is the first available one. When
+    that is the padded eager reference because no compiled backend is there, a warning says so once:
     padding allocates B x (longest trajectory), gigabytes on a skewed batch."""
     # The cached tuple itself: this runs on every op call, where building a list and a device cost
     # a microsecond of a small batch's forty.
-    available = _available_on(device.type if isinstance(device, torch.device) else torch.device(device).type)
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    available = _available_for(f"{device_type}:{op}")
     if not available:
         raise ValueError(f"no crm_kernels backend runs on {device}: torch {torch.__version__} sees no such device")
     if backend == "auto":
-        if available[0] == "torch":
-            _warn_padded_fallback(torch.device(device).type)
+        if available[0] == "torch" and _available_on(device_type)[0] == "torch":
+            _warn_padded_fallback(device_type)
         return available[0]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}; available on {device}: {list(available)}")
     if backend not in available:
-        reason = f" ({_extension_error()})" if backend in ("cpu", "cuda") and _extension_error() else ""
-        raise ValueError(f"backend {backend!r} is not available for tensors on {device}{reason}; available: {list(available)}")
+        if backend in _available_on(device_type):
+            reason = f" (the {backend} backend has no {op} kernel)"
+        else:
+            reason = f" ({_extension_error()})" if backend in ("cpu", "cuda") and _extension_error() else ""
+        raise ValueError(f"backend {backend!r} is not available for {op} on {device}{reason}; available: {list(available)}")
     return backend
 
 

@@ -47,3 +47,32 @@ def crm_loss_backward(grad_losses, logits, cu_steps, outcome, first_error, log_s
         lambda x: reference.crm_loss_padded(x, cu_steps, outcome, first_error, weights, reduction="none"),
         logits, grad_losses,
     )  # fmt: skip
+
+
+# ---- the baseline objectives (SPEC 7) ----------------------------------------------------------
+
+
+def prm_loss_forward(logits, step_labels, normalizer=None):
+    return reduce_by(reference.prm_loss_reference(logits, step_labels, reduction="none"), normalizer)
+
+
+def prm_loss_backward(grad_losses, logits, step_labels):
+    return _vjp(lambda x: reference.prm_loss_reference(x, step_labels, reduction="none"), logits, grad_losses)
+
+
+def orm_loss_forward(logits, cu_steps, outcome, normalizer=None):
+    return reduce_by(reference.orm_loss_reference(logits, cu_steps, outcome, reduction="none"), normalizer)
+
+
+def orm_loss_backward(grad_losses, logits, cu_steps, outcome):
+    return _vjp(lambda x: reference.orm_loss_reference(x, cu_steps, outcome, reduction="none"), logits, grad_losses)
+
+
+def pqm_loss_forward(logits, cu_steps, first_error, margin, normalizer=None):
+    return reduce_by(reference.pqm_loss_padded(logits, cu_steps, first_error, margin, reduction="none"), normalizer)
+
+
+def pqm_loss_backward(grad_losses, logits, cu_steps, first_error, margin):
+    return _vjp(
+        lambda x: reference.pqm_loss_padded(x, cu_steps, first_error, margin, reduction="none"), logits, grad_losses
+    )

@@ -156,6 +156,41 @@ def check_values(logits: torch.Tensor, cu_steps: torch.Tensor, outcome=None, fir
     _raise_first_failure(rules)
 
 
+def check_step_labels(step_labels, logits: torch.Tensor) -> torch.Tensor:
+    """PRM's per-step targets: a floating [N] tensor beside the logits (values: check_objective_values)."""
+    _tensor(step_labels, "step_labels")
+    if not step_labels.is_floating_point():
+        raise TypeError(f"step_labels must be a floating tensor of targets in [0, 1], got {step_labels.dtype}")
+    _one_dim(step_labels, "step_labels", logits.numel(), "N (len(logits))")
+    _same_device(step_labels, "step_labels", logits)
+    return step_labels
+
+
+def check_objective_values(logits: torch.Tensor, cu_steps: torch.Tensor, *, step_labels=None, outcome=None,
+                           first_error=None) -> None:  # fmt: skip
+    """The value rules of the baseline objectives (SPEC 7, with SPEC 5's offsets), in one sync:
+    step labels in [0, 1] (PRM); an outcome in {0, 1} for every trajectory, each with a last step
+    (ORM); first_error in [-1, n_i) (PQM, where -1 means every step is correct)."""
+    lengths = cu_steps[1:] - cu_steps[:-1]
+    rules = _offset_rules(cu_steps, "cu_steps", logits.numel(), "len(logits)")
+    if step_labels is not None:
+        outside = ~((step_labels >= 0) & (step_labels <= 1))  # NaN too
+        rules.append(("step_labels must be in [0, 1]", outside.any(), lambda: _entry("step_labels", step_labels, outside)))
+    if outcome is not None:
+        not_binary = (outcome != 0) & (outcome != 1)
+        empty = lengths == 0
+        rules += [
+            ("outcome must be 0 or 1", not_binary.any(), lambda: _entry("outcome", outcome, not_binary)),
+            ("orm_loss reads each trajectory's last step, and an empty trajectory has none", empty.any(),
+             lambda: f"trajectory {_first(empty)} has no steps"),
+        ]  # fmt: skip
+    if first_error is not None:
+        out_of_range = (first_error < -1) | (first_error >= lengths)
+        rules.append(("first_error must be in [-1, n_i)", out_of_range.any(),
+                      lambda: _entry("first_error", first_error, out_of_range, lengths)))  # fmt: skip
+    _raise_first_failure(rules)
+
+
 def check_offset_values(offsets: torch.Tensor, name: str, length: int, length_name: str) -> None:
     """The value rules for offsets alone (one device sync)."""
     _raise_first_failure(_offset_rules(offsets, name, length, length_name))

@@ -155,3 +155,77 @@ def crm_loss_loop(logits, cu_steps, outcome, first_error=None, weights=(1.0, 1.0
         losses.append(loss)
     stacked = torch.stack(losses) if losses else x.new_zeros(0)
     return reduce_losses(stacked, reduction, normalizer)
+
+
+# ---- the baseline objectives (SPEC 7) ----------------------------------------------------------
+# The losses the CRM paper compares against, in the same packed layout. Each is written once here,
+# vectorised over the batch; the "torch" backend runs these, and their gradients come from autograd.
+
+
+def prm_loss_reference(logits, step_labels, reduction="mean", normalizer=None):
+    """PRM (Math-Shepherd): per-step binary cross-entropy with logits, softplus(x_t) - y_t x_t,
+    against hard or soft (Monte-Carlo) labels y_t in [0, 1]. "mean" divides by N, the steps."""
+    x = logits.to(accumulate_dtype(logits.dtype))
+    return reduce_losses(softplus(x) - step_labels.to(x.dtype) * x, reduction, normalizer)
+
+
+def orm_loss_reference(logits, cu_steps, outcome, reduction="mean", normalizer=None):
+    """ORM: binary cross-entropy with logits of each trajectory's last step against its outcome.
+    Every trajectory needs a last step (validated)."""
+    x = logits.to(accumulate_dtype(logits.dtype))[cu_steps[1:].long() - 1]
+    return reduce_losses(softplus(x) - outcome.to(x.dtype) * x, reduction, normalizer)
+
+
+# Stands in for -inf (an empty log-sum-exp) where autograd goes through logcumsumexp and logsumexp:
+# their backward evaluates exp(input - output), NaN when both are -inf. e^-1e30 is 0 in every dtype,
+# so the values are those of -inf.
+_LOG_ZERO = -1e30
+
+
+def pqm_loss_from_padded(padded_logits, mask, first_error, margin=4.0, reduction="mean", normalizer=None):
+    """PQM's comparative loss (Li and Li, ICLR 2025; `ranking_loss` in WindyLee0822/Process_Q_Model,
+    train_main.py), with log-sum-exp for its exponentials. Per trajectory with first wrong step z
+    (z = n when first_error is -1), correct steps C = [0, z), wrong steps W = [z, n), margin m:
+
+        log D_0 = log(1 + sum_{w in W} e^{x_w + m}) = softplus(logsumexp_W(x + m))
+        log D_k = log(D_0 + sum_{j <= k} e^{x_j}) = logaddexp(log D_0, logcumsumexp_C(x)_k),  k in C
+        l = [sum_{k in C} (log D_k - x_k) + [W non-empty] log D_0] / (|C| + [W non-empty])
+
+    The leading 1 is e^{Q_0} of the initial state; the official code also adds 1e-5 inside each D,
+    dropped here (SPEC 7). An empty trajectory has no terms: loss 0."""
+    x = padded_logits.to(accumulate_dtype(padded_logits.dtype))
+    lengths = mask.sum(dim=1)
+    z = torch.where(first_error >= 0, first_error.long(), lengths)
+    positions = torch.arange(x.shape[1], device=x.device)
+    correct = positions < z[:, None]
+    wrong = mask & ~correct
+    log_d0 = softplus(torch.logsumexp(torch.where(wrong, x + margin, _LOG_ZERO), dim=1)) if x.shape[1] else x.new_zeros(x.shape[0])
+    log_d = torch.logaddexp(log_d0[:, None], torch.logcumsumexp(torch.where(correct, x, _LOG_ZERO), dim=1))
+    has_wrong = wrong.any(dim=1)
+    total = torch.where(correct, log_d - x, 0.0).sum(dim=1) + torch.where(has_wrong, log_d0, 0.0)
+    count = z + has_wrong.long()
+    losses = torch.where(count > 0, total / count.clamp(min=1), 0.0)
+    return reduce_losses(losses, reduction, normalizer)
+
+
+def pqm_loss_padded(logits, cu_steps, first_error, margin=4.0, reduction="mean", normalizer=None):
+    padded, mask = pad(logits, cu_steps)
+    return pqm_loss_from_padded(padded, mask, first_error, margin, reduction, normalizer)
+
+
+def pqm_loss_loop(logits, cu_steps, first_error, margin=4.0, reduction="mean", normalizer=None):
+    """PQM one trajectory at a time, each log D_k a log-sum-exp over its own terms, as the paper
+    writes it: the oracle for pqm_loss_from_padded and the kernels."""
+    x = logits.to(accumulate_dtype(logits.dtype))
+    bounds, known = cu_steps.tolist(), first_error.tolist()
+    zero = x.new_zeros(1)
+    losses = []
+    for (start, end), first_wrong in zip(zip(bounds[:-1], bounds[1:]), known):
+        steps = x[start:end]
+        z = first_wrong if first_wrong >= 0 else len(steps)
+        wrong = steps[z:] + margin
+        terms = [torch.logsumexp(torch.cat([zero, wrong]), 0)] if len(wrong) else []
+        terms += [torch.logsumexp(torch.cat([zero, steps[: k + 1], wrong]), 0) - steps[k] for k in range(z)]
+        losses.append(torch.stack(terms).mean() if terms else x.new_zeros(()))
+    stacked = torch.stack(losses) if losses else x.new_zeros(0)
+    return reduce_losses(stacked, reduction, normalizer)

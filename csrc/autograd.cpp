@@ -1,5 +1,5 @@
-// Autograd of the public ops' private torch.library ops, torch.ops.crm_kernels._log_survival and
-// _crm_loss, in C++. The schemas and every backend's implementation are defined in Python
+// Autograd of the public ops' private torch.library ops, torch.ops.crm_kernels._log_survival,
+// _crm_loss, _prm_loss, _orm_loss and _pqm_loss, in C++. The schemas and every backend's implementation are defined in Python
 // (crm_kernels/ops/, one file per op); this file only adds their Autograd kernels, so that a
 // training step pays no Python between the op call and the kernel beyond the implementation
 // itself: torch's Python custom_op autograd cost about 30 us per forward+backward on a small
@@ -12,6 +12,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -32,6 +33,13 @@ void refuse_double_backward(const char* op) {
   TORCH_CHECK(!at::GradMode::is_enabled(), op,
               ": double backward is not supported (backward was called with create_graph=True); the gradient of "
               "this op's gradient is not implemented");
+}
+
+// The upstream gradient of each unit's loss (step or trajectory): the losses' own gradient, or for
+// a reduced loss, (sum of the units' losses) / normalizer, the scalar's divided by the normalizer.
+at::Tensor per_unit_upstream(const at::Tensor& grad_loss, const c10::IValue& normalizer, int64_t units) {
+  if (normalizer.isNone()) return grad_loss;
+  return grad_loss.div(normalizer.toDouble()).expand({units});
 }
 
 // ---- log_survival -------------------------------------------------------------------------------
@@ -96,10 +104,8 @@ struct CrmLoss : torch::autograd::Function<CrmLoss> {
     refuse_double_backward("crm_loss");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& log_survival_total = saved[4];
-    // A reduced loss is (sum_i l_i) / normalizer: each trajectory's upstream gradient is grad / normalizer.
-    at::Tensor grad_losses = grad_outputs[0];
-    const auto normalizer = ctx->saved_data["normalizer"];
-    if (!normalizer.isNone()) grad_losses = grad_losses.div(normalizer.toDouble()).expand(log_survival_total.sizes());
+    const at::Tensor grad_losses =
+        per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], log_survival_total.numel());
     const auto weights = ctx->saved_data["weights"].toDoubleVector();
     const std::string backend = ctx->saved_data["backend"].toStringRef();
     const std::optional<at::Tensor> first_error =
@@ -123,9 +129,115 @@ std::tuple<at::Tensor, at::Tensor> crm_loss_autograd(const at::Tensor& logits, c
   return {outputs[0], outputs[1]};
 }
 
+// ---- the baseline objectives: prm_loss, orm_loss, pqm_loss ----------------------------------
+// Each forward is loss(logits, cu_steps, labels, [margin,] normalizer, backend, validate) and
+// each backward grad_logits(grad_losses, logits, [cu_steps,] labels, [margin,] backend), with
+// grad_losses the upstream gradient of each unit's loss: each step for PRM, each trajectory else.
+
+using LabelLossSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::optional<double>,
+                                      c10::string_view, bool);
+
+void save_loss_context(AutogradContext* ctx, std::optional<double> normalizer, c10::string_view backend) {
+  ctx->saved_data["normalizer"] = normalizer;
+  ctx->saved_data["backend"] = std::string(backend);
+}
+
+struct PrmLoss : torch::autograd::Function<PrmLoss> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& cu_steps,
+                            const at::Tensor& step_labels, std::optional<double> normalizer, c10::string_view backend,
+                            bool validate) {
+    static const auto op = private_op<LabelLossSignature>("crm_kernels::_prm_loss");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({logits, step_labels});
+    save_loss_context(ctx, normalizer, backend);
+    return op.call(logits, cu_steps, step_labels, normalizer, backend, validate);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view);
+    static const auto op = private_op<Signature>("crm_kernels::_prm_loss_backward");
+    refuse_double_backward("prm_loss");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor grad_losses = per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], saved[0].numel());
+    return {op.call(grad_losses, saved[0], saved[1], ctx->saved_data["backend"].toStringRef()), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct OrmLoss : torch::autograd::Function<OrmLoss> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& cu_steps,
+                            const at::Tensor& outcome, std::optional<double> normalizer, c10::string_view backend,
+                            bool validate) {
+    static const auto op = private_op<LabelLossSignature>("crm_kernels::_orm_loss");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({logits, cu_steps, outcome});
+    save_loss_context(ctx, normalizer, backend);
+    return op.call(logits, cu_steps, outcome, normalizer, backend, validate);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    using Signature =
+        at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view);
+    static const auto op = private_op<Signature>("crm_kernels::_orm_loss_backward");
+    refuse_double_backward("orm_loss");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor grad_losses =
+        per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], std::max<int64_t>(saved[1].numel() - 1, 0));
+    return {op.call(grad_losses, saved[0], saved[1], saved[2], ctx->saved_data["backend"].toStringRef()),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct PqmLoss : torch::autograd::Function<PqmLoss> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& cu_steps,
+                            const at::Tensor& first_error, double margin, std::optional<double> normalizer,
+                            c10::string_view backend, bool validate) {
+    using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                 std::optional<double>, c10::string_view, bool);
+    static const auto op = private_op<Signature>("crm_kernels::_pqm_loss");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({logits, cu_steps, first_error});
+    save_loss_context(ctx, normalizer, backend);
+    ctx->saved_data["margin"] = margin;
+    return op.call(logits, cu_steps, first_error, margin, normalizer, backend, validate);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                 c10::string_view);
+    static const auto op = private_op<Signature>("crm_kernels::_pqm_loss_backward");
+    refuse_double_backward("pqm_loss");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor grad_losses =
+        per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], std::max<int64_t>(saved[1].numel() - 1, 0));
+    return {op.call(grad_losses, saved[0], saved[1], saved[2], ctx->saved_data["margin"].toDouble(),
+                    ctx->saved_data["backend"].toStringRef()),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor prm_loss_autograd(const at::Tensor& logits, const at::Tensor& cu_steps, const at::Tensor& step_labels,
+                             std::optional<double> normalizer, c10::string_view backend, bool validate) {
+  return PrmLoss::apply(logits, cu_steps, step_labels, normalizer, backend, validate);
+}
+
+at::Tensor orm_loss_autograd(const at::Tensor& logits, const at::Tensor& cu_steps, const at::Tensor& outcome,
+                             std::optional<double> normalizer, c10::string_view backend, bool validate) {
+  return OrmLoss::apply(logits, cu_steps, outcome, normalizer, backend, validate);
+}
+
+at::Tensor pqm_loss_autograd(const at::Tensor& logits, const at::Tensor& cu_steps, const at::Tensor& first_error,
+                             double margin, std::optional<double> normalizer, c10::string_view backend,
+                             bool validate) {
+  return PqmLoss::apply(logits, cu_steps, first_error, margin, normalizer, backend, validate);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(crm_kernels, Autograd, m) {
   m.impl("_log_survival", TORCH_FN(log_survival_autograd));
   m.impl("_crm_loss", TORCH_FN(crm_loss_autograd));
+  m.impl("_prm_loss", TORCH_FN(prm_loss_autograd));
+  m.impl("_orm_loss", TORCH_FN(orm_loss_autograd));
+  m.impl("_pqm_loss", TORCH_FN(pqm_loss_autograd));
 }

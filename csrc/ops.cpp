@@ -16,6 +16,17 @@ TORCH_LIBRARY(crm_kernels_C, m) {
   m.def(
       "crm_loss_backward(Tensor grad_losses, Tensor logits, Tensor cu_steps, Tensor outcome, Tensor? first_error, "
       "Tensor log_survival_total, float w_survive, float w_wrong, float w_first_error) -> Tensor");
+  // The baseline objectives of SPEC 7 (CPU; on GPUs the eager backend until they have kernels there).
+  m.def("prm_loss_forward(Tensor logits, Tensor step_labels, float? normalizer=None) -> Tensor");
+  m.def("prm_loss_backward(Tensor grad_losses, Tensor logits, Tensor step_labels) -> Tensor");
+  m.def("orm_loss_forward(Tensor logits, Tensor cu_steps, Tensor outcome, float? normalizer=None) -> Tensor");
+  m.def("orm_loss_backward(Tensor grad_losses, Tensor logits, Tensor cu_steps, Tensor outcome) -> Tensor");
+  m.def(
+      "pqm_loss_forward(Tensor logits, Tensor cu_steps, Tensor first_error, float margin, float? normalizer=None) "
+      "-> Tensor");
+  m.def(
+      "pqm_loss_backward(Tensor grad_losses, Tensor logits, Tensor cu_steps, Tensor first_error, float margin) "
+      "-> Tensor");
   // One-pass scans behind crm_kernels.segment and crm_kernels.rl (CPU; elsewhere the torch path).
   m.def("segment_linear_scan(Tensor values, Tensor offsets, float decay, bool reverse) -> Tensor");
   m.def("segment_reverse_cummin(Tensor values, Tensor offsets) -> Tensor");

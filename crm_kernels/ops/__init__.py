@@ -16,5 +16,8 @@ happens before any kernel and costs no graph break under torch.compile.
 
 from .crm_loss import CRMLoss, crm_loss
 from .log_survival import log_survival
+from .orm_loss import orm_loss
+from .pqm_loss import pqm_loss
+from .prm_loss import prm_loss
 
-__all__ = ["CRMLoss", "crm_loss", "log_survival"]
+__all__ = ["CRMLoss", "crm_loss", "log_survival", "orm_loss", "pqm_loss", "prm_loss"]

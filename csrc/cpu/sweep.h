@@ -70,24 +70,27 @@ void parallel_for_trajectories(const index_t* cu_steps, int64_t num_trajectories
   });
 }
 
+// x[0, count) widened to acc_t in one SIMD vector (zeros past count, count <= its width).
+template <typename acc_t, typename scalar_t>
+at::vec::Vectorized<acc_t> load_widened(const scalar_t* x, int64_t count) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return Vec::loadu(x, count);
+  } else {
+    acc_t widened[Vec::size()] = {};
+    for (int64_t k = 0; k < count; ++k) widened[k] = static_cast<acc_t>(x[k]);
+    return Vec::loadu(widened);
+  }
+}
+
 // out[i] = f(float(x[i])) for i < n, with f applied to whole SIMD vectors (a partial vector at the
 // end is padded), so every element gets the same rounding wherever a block starts.
 template <typename scalar_t, typename acc_t, typename VecFn>
 void transform_block(const scalar_t* x, int64_t n, acc_t* out, const VecFn& f) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  auto load = [&](int64_t i, int64_t count) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      return Vec::loadu(x + i, count);
-    } else {
-      acc_t widened[kLanes] = {};
-      for (int64_t k = 0; k < count; ++k) widened[k] = static_cast<acc_t>(x[i + k]);
-      return Vec::loadu(widened);
-    }
-  };
+  constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) f(load(i, kLanes)).store(out + i);
-  if (i < n) f(load(i, n - i)).store(out + i, n - i);
+  for (; i + kLanes <= n; i += kLanes) f(load_widened<acc_t>(x + i, kLanes)).store(out + i);
+  if (i < n) f(load_widened<acc_t>(x + i, n - i)).store(out + i, n - i);
 }
 
 // Runs f(first, count) over [begin, end) in steps of one SIMD vector (count < width at the end):

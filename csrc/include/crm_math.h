@@ -149,4 +149,28 @@ CRM_HOST_DEVICE T step_grad(T x, T hazard, T coef, T first_error_grad, int64_t t
   return t < z ? (coef + first_error_grad) * hazard : coef * hazard;
 }
 
+// ---- the baseline objectives (SPEC 7) ------------------------------------------------------
+
+// Binary cross-entropy with logits of a target y in [0, 1]: softplus(x) - y x (PRM per step, ORM
+// at the last step), and its derivative in x.
+template <typename T>
+CRM_HOST_DEVICE T bce_with_logits(T x, T y) {
+  return softplus(x) - y * x;
+}
+
+template <typename T>
+CRM_HOST_DEVICE T bce_with_logits_grad(T x, T y) {
+  return sigmoid(x) - y;
+}
+
+// log(e^a + e^b), -inf when both are: the step of PQM's running log-sum-exps. NaN in either
+// gives NaN (the comparison sends it to `high`, or to `low` and through the exp).
+template <typename T>
+CRM_HOST_DEVICE T logaddexp(T a, T b) {
+  using M = Math<T>;
+  const T high = M::select(a > b, a, b), low = M::select(a > b, b, a);
+  const T negative_infinity = T(0) - T(INFINITY);
+  return M::select(high == negative_infinity, high, high + M::log1p(M::exp(low - high)));
+}
+
 }  // namespace crm

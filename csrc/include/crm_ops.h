@@ -50,32 +50,34 @@ inline at::Tensor reduce_losses(const at::Tensor& losses, std::optional<double> 
 // came in (a no-op when they already are).
 struct LabelTensors {
   at::Tensor correct, first_error;
-  LabelTensors(const at::Tensor& outcome, const std::optional<at::Tensor>& first_error_in)
-      : correct(outcome.to(at::kBool).contiguous()),
+  LabelTensors(const std::optional<at::Tensor>& outcome, const std::optional<at::Tensor>& first_error_in)
+      : correct(outcome ? outcome->to(at::kBool).contiguous() : at::Tensor()),
         first_error(first_error_in ? first_error_in->to(at::kLong).contiguous() : at::Tensor()) {}
-  const bool* correct_ptr() const { return correct.const_data_ptr<bool>(); }
+  // nullptr without an outcome (pqm_loss has none).
+  const bool* correct_ptr() const { return correct.defined() ? correct.const_data_ptr<bool>() : nullptr; }
   // nullptr: the first wrong step is unknown for every trajectory.
   const int64_t* first_error_ptr() const {
     return first_error.defined() ? first_error.const_data_ptr<int64_t>() : nullptr;
   }
   bool cover(int64_t batch) const {
-    return correct.numel() >= batch && (!first_error.defined() || first_error.numel() >= batch);
+    return (!correct.defined() || correct.numel() >= batch) && (!first_error.defined() || first_error.numel() >= batch);
   }
 };
 
-// crm_loss's inputs as every backend's kernels read them: contiguous, labels converted, and the
-// per-trajectory inputs of the backward in the accumulation dtype, each checked against the batch.
+// A loss's inputs as every backend's kernels read them (crm_loss, and the baselines' per-trajectory
+// ones): contiguous, labels converted, and the per-trajectory inputs of the backward in the
+// accumulation dtype, each checked against the batch.
 struct LossInputs {
   at::Tensor logits, cu_steps;
   LabelTensors labels;
   int64_t batch;
-  LossInputs(const at::Tensor& logits_in, const at::Tensor& cu_steps_in, const at::Tensor& outcome,
+  LossInputs(const at::Tensor& logits_in, const at::Tensor& cu_steps_in, const std::optional<at::Tensor>& outcome,
              const std::optional<at::Tensor>& first_error)
       : logits(logits_in.contiguous()),
         cu_steps(cu_steps_in.contiguous()),
         labels(outcome, first_error),
         batch(num_trajectories(cu_steps)) {
-    TORCH_CHECK(labels.cover(batch), "crm_loss: outcome and first_error need one entry per trajectory");
+    TORCH_CHECK(labels.cover(batch), "outcome and first_error need one entry per trajectory");
   }
   at::TensorOptions accumulate_options() const { return logits.options().dtype(accumulate_type(logits)); }
   at::Tensor per_trajectory(const at::Tensor& values, const char* name) const {
