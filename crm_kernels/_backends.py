@@ -202,6 +202,12 @@ def _available_for(device_and_op: str) -> tuple[str, ...]:
     return tuple(name for name in _available_on(device_type) if op in _IMPLEMENTS[name])
 
 
+def forget_availability() -> None:
+    """Empties the availability caches, for tests that change what the registry can see."""
+    _AVAILABLE_ON.clear()
+    _AVAILABLE_FOR.clear()
+
+
 def resolve(backend: str, device: torch.device, op: str = "crm_loss") -> str:
     """The backend to run `op` for tensors on `device`: "auto" is the first available one. When
     that is the padded eager reference because no compiled backend is there, a warning says so once:

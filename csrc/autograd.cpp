@@ -37,10 +37,14 @@ void refuse_double_backward(const char* op) {
 
 // The upstream gradient of each unit's loss (step or trajectory): the losses' own gradient, or for
 // a reduced loss, (sum of the units' losses) / normalizer, the scalar's divided by the normalizer.
-at::Tensor per_unit_upstream(const at::Tensor& grad_loss, const c10::IValue& normalizer, int64_t units) {
+// units is symbolic under tracing (torch.compile with dynamic shapes).
+at::Tensor per_unit_upstream(const at::Tensor& grad_loss, const c10::IValue& normalizer, const c10::SymInt& units) {
   if (normalizer.isNone()) return grad_loss;
-  return grad_loss.div(normalizer.toDouble()).expand({units});
+  return grad_loss.div(normalizer.toDouble()).expand_symint({units});
 }
+
+// The number of trajectories of cu_steps, B = len(cu_steps) - 1.
+c10::SymInt trajectories(const at::Tensor& cu_steps) { return cu_steps.sym_size(0) - 1; }
 
 // ---- log_survival -------------------------------------------------------------------------------
 
@@ -105,7 +109,7 @@ struct CrmLoss : torch::autograd::Function<CrmLoss> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& log_survival_total = saved[4];
     const at::Tensor grad_losses =
-        per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], log_survival_total.numel());
+        per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], log_survival_total.sym_size(0));
     const auto weights = ctx->saved_data["weights"].toDoubleVector();
     const std::string backend = ctx->saved_data["backend"].toStringRef();
     const std::optional<at::Tensor> first_error =
@@ -158,7 +162,7 @@ struct PrmLoss : torch::autograd::Function<PrmLoss> {
     static const auto op = private_op<Signature>("crm_kernels::_prm_loss_backward");
     refuse_double_backward("prm_loss");
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor grad_losses = per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], saved[0].numel());
+    const at::Tensor grad_losses = per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], saved[0].sym_size(0));
     return {op.call(grad_losses, saved[0], saved[1], ctx->saved_data["backend"].toStringRef()), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -182,7 +186,7 @@ struct OrmLoss : torch::autograd::Function<OrmLoss> {
     refuse_double_backward("orm_loss");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor grad_losses =
-        per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], std::max<int64_t>(saved[1].numel() - 1, 0));
+        per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], trajectories(saved[1]));
     return {op.call(grad_losses, saved[0], saved[1], saved[2], ctx->saved_data["backend"].toStringRef()),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -209,7 +213,7 @@ struct PqmLoss : torch::autograd::Function<PqmLoss> {
     refuse_double_backward("pqm_loss");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor grad_losses =
-        per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], std::max<int64_t>(saved[1].numel() - 1, 0));
+        per_unit_upstream(grad_outputs[0], ctx->saved_data["normalizer"], trajectories(saved[1]));
     return {op.call(grad_losses, saved[0], saved[1], saved[2], ctx->saved_data["margin"].toDouble(),
                     ctx->saved_data["backend"].toStringRef()),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

@@ -124,7 +124,7 @@ def test_auto_warns_once_when_it_falls_back_to_padding(monkeypatch):
 
     monkeypatch.setattr(_backends, "_extension_error", lambda: "the C++ extension is not built (test)")
     monkeypatch.setattr(_backends, "_triton_runs_on", lambda device: False)
-    _backends._AVAILABLE_ON.clear()
+    _backends.forget_availability()
     _backends._warn_padded_fallback.cache_clear()
     try:
         args = (torch.randn(5), torch.tensor([0, 2, 5]), torch.tensor([True, False]))
@@ -135,7 +135,7 @@ def test_auto_warns_once_when_it_falls_back_to_padding(monkeypatch):
             crm_kernels.crm_loss(*args)  # once only
             crm_kernels.crm_loss(*args, backend="torch")  # chosen knowingly: no warning
     finally:
-        _backends._AVAILABLE_ON.clear()
+        _backends.forget_availability()
         _backends._warn_padded_fallback.cache_clear()
 
 

@@ -12,9 +12,11 @@ steps C = [0, z), wrong steps W = [z, n) and margin m:
 as the official code normalizes it, by its number of terms. Every log D is a log-sum-exp (the
 official code exponentiates directly, and gives NaN at logits of 100 in float32); its 1e-5 inside
 each D is dropped (it moves each term by at most 1e-5, since D >= 1). An empty trajectory has no
-terms: loss 0, gradient 0. Gradient, with L_k = log D_k, L_{-1} = log D_0 and count the divisor:
+terms: loss 0, gradient 0. With L_k = log D_k and L_{-1} = log D_0, the kernels walk
+L_k = x_k + softplus(L_{k-1} - x_k), so that each term log D_k - x_k is softplus(L_{k-1} - x_k)
+rather than a difference of large numbers. Gradient, with count the divisor:
 
-    j in C:  (-e^{L_{j-1} - L_j} + sum_{j < k < z} e^{x_j - L_k}) / count
+    j in C:  (sum_{j < k < z} e^{x_j - L_k} - sigmoid(L_{j-1} - x_j)) / count
     w in W:  e^{x_w + m} (sum_{k in C} e^{-L_k} + e^{-L_{-1}}) / count
 
 "mean" divides by B.

@@ -131,9 +131,11 @@ at::Tensor orm_loss_backward(const at::Tensor& grad_losses, const at::Tensor& lo
 }
 
 // ---- pqm_loss: per trajectory ------------------------------------------------------------------
-// For trajectory [begin, end) with first wrong step z (z = n for -1): log D_0 = softplus(lse over
-// the wrong steps of x + margin), L_k = logaddexp(log D_0, lse_{j <= k} x_j) for the correct
-// steps, loss = (sum_k (L_k - x_k) + [z < n] log D_0) / (z + [z < n]) (crm_kernels/ops/pqm_loss.py).
+// For trajectory [begin, end) with first wrong step z (z = n for -1): L_{-1} = log D_0 =
+// softplus(lse over the wrong steps of x + margin), and for each correct step k
+// L_k = log(D_{k-1} + e^{x_k}) = x_k + softplus(L_{k-1} - x_k), so that its term L_k - x_k is
+// softplus(L_{k-1} - x_k), without subtracting two large numbers; loss = (sum of the terms +
+// [z < n] L_{-1}) / (z + [z < n]) (crm_kernels/ops/pqm_loss.py).
 
 template <typename acc_t>
 struct PqmTrajectory {
@@ -168,11 +170,11 @@ at::Tensor pqm_loss_forward(const at::Tensor& logits, const at::Tensor& cu_steps
     parallel_for_trajectories(cu, in.batch, in.logits.numel(), [&](int64_t b_begin, int64_t b_end) {
       for (int64_t b = b_begin; b < b_end; ++b) {
         const auto t = pqm_trajectory(x, cu, in.labels.first_error_ptr(), b, in.logits.numel(), acc_t(margin));
-        acc_t prefix_lse = -INFINITY, total = t.wrong_begin < t.end ? t.log_d0 : acc_t(0);
+        acc_t log_d = t.log_d0, total = t.wrong_begin < t.end ? t.log_d0 : acc_t(0);
         for (int64_t k = t.begin; k < t.wrong_begin; ++k) {
-          const acc_t x_k = static_cast<acc_t>(x[k]);
-          prefix_lse = logaddexp(prefix_lse, x_k);
-          total += logaddexp(t.log_d0, prefix_lse) - x_k;
+          const acc_t x_k = static_cast<acc_t>(x[k]), term = softplus(log_d - x_k);
+          total += term;
+          log_d = x_k + term;
         }
         out[b] = t.terms() > 0 ? total / acc_t(t.terms()) : acc_t(0);
       }
@@ -199,19 +201,19 @@ at::Tensor pqm_loss_backward(const at::Tensor& grad_losses, const at::Tensor& lo
         if (t.terms() == 0) continue;
         const acc_t scale = g[b] / acc_t(t.terms());
         log_d.resize(t.wrong_begin - t.begin);
-        acc_t prefix_lse = -INFINITY;
+        acc_t previous = t.log_d0;
         for (int64_t k = t.begin; k < t.wrong_begin; ++k) {
-          prefix_lse = logaddexp(prefix_lse, static_cast<acc_t>(x[k]));
-          log_d[k - t.begin] = logaddexp(t.log_d0, prefix_lse);
+          const acc_t x_k = static_cast<acc_t>(x[k]);
+          previous = log_d[k - t.begin] = x_k + softplus(previous - x_k);
         }
-        // Correct step j: -e^{L_{j-1} - L_j} (its own term's e^{x_j} / D_j - 1, without the
-        // cancellation) + sum_{k > j} e^{x_j - L_k}, the latter as e^{x_j + lse_{k > j}(-L_k)}.
+        // Correct step j: e^{x_j} / D_j - 1 = -sigmoid(L_{j-1} - x_j) from its own term, plus
+        // sum_{k > j} e^{x_j - L_k} = e^{x_j + lse_{k > j}(-L_k)} from the later ones.
         acc_t later = -INFINITY;  // lse_{k > j} (-L_k)
         for (int64_t j = t.wrong_begin - 1; j >= t.begin; --j) {
-          const acc_t log_d_j = log_d[j - t.begin], log_d_before = j > t.begin ? log_d[j - 1 - t.begin] : t.log_d0;
-          const acc_t step = -std::exp(log_d_before - log_d_j) + std::exp(static_cast<acc_t>(x[j]) + later);
-          grad[j] = static_cast<scalar_t>(scale * step);
-          later = logaddexp(later, -log_d_j);
+          const acc_t x_j = static_cast<acc_t>(x[j]);
+          const acc_t log_d_before = j > t.begin ? log_d[j - 1 - t.begin] : t.log_d0;
+          grad[j] = static_cast<scalar_t>(scale * (std::exp(x_j + later) - sigmoid(log_d_before - x_j)));
+          later = logaddexp(later, -log_d[j - t.begin]);
         }
         // Wrong step w: e^{x_w + m} (sum_k 1 / D_k + 1 / D_0).
         const acc_t inverse_sum = logaddexp(later, -t.log_d0);

@@ -30,6 +30,12 @@ for trial in range(400):
                 cu = torch.zeros(b + 1, dtype=torch.long); cu[1:] = torch.randint(0, n + 1, (b,), generator=g).sort().values; cu[-1] = n; cu = cu.to(idx)
             outcome = torch.randint(-2, 3, (b,), generator=g)
             z = torch.randint(-5, 60, (b,), generator=g)
+            # the SPEC 7 baselines, labels as garbage as the offsets
+            step_labels = torch.randn(n, generator=g)
+            crm_kernels.prm_loss(x, cu, step_labels, reduction="none", validate=False, backend="cpu").sum().backward()
+            crm_kernels.orm_loss(x, cu, outcome, reduction="none", validate=False, backend="cpu").nansum().backward()
+            crm_kernels.pqm_loss(x, cu, z, reduction="none", validate=False, backend="cpu").nansum().backward()
+            runs += 3
             for first_error in (z, None):
                 losses = crm_kernels.crm_loss(x, cu, outcome, first_error, reduction="none", validate=False, backend="cpu")
                 losses.sum().backward()
