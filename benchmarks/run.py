@@ -71,6 +71,7 @@ class Inputs:
     first_error: torch.Tensor
     padded: torch.Tensor = field(repr=False, default=None)
     mask: torch.Tensor = field(repr=False, default=None)
+    step_labels: torch.Tensor = field(repr=False, default=None)
 
     @property
     def num_steps(self):
@@ -86,9 +87,10 @@ class Inputs:
         return Inputs(self.logits[:end], self.cu_steps[: count + 1], self.outcome[:count], self.first_error[:count])
 
 
-def make_inputs(workload: Workload, device, dtype=torch.float32, seed=0) -> Inputs:
+def make_inputs(workload: Workload, device, dtype=torch.float32, seed=0, min_length=0) -> Inputs:
     generator = torch.Generator().manual_seed(seed)
     lengths = torch.poisson(torch.full((workload.batch,), float(workload.mean_steps)), generator=generator).long()
+    lengths = lengths.clamp(min=min_length)
     if workload.long_count:
         lengths[torch.randperm(workload.batch, generator=generator)[: workload.long_count]] *= workload.long_factor
     cu_steps = torch.zeros(workload.batch + 1, dtype=torch.int32)
@@ -99,6 +101,7 @@ def make_inputs(workload: Workload, device, dtype=torch.float32, seed=0) -> Inpu
     known = ~outcome & (torch.rand(workload.batch, generator=generator) < 0.5)
     first_error = torch.where(known, (torch.rand(workload.batch, generator=generator) * lengths).long(), -1)
     inputs = Inputs(logits.to(device), cu_steps.to(device), outcome.to(device), first_error.to(device))
+    inputs.step_labels = torch.rand(num_steps, generator=generator).to(device)  # PRM's soft labels
     # Padded baselines get their [B, max_len] layout for free: that is how such code holds its data.
     inputs.padded, inputs.mask = reference.pad(inputs.logits, inputs.cu_steps)
     return inputs
@@ -185,6 +188,35 @@ def implementations(op: str, inputs: Inputs, backends: list[str], compiled: dict
     scale = inputs.batch / count
     label = "eager loop" if scale == 1 else f"eager loop ({count} trajectories, x{scale:g})"
     impls[label] = (lambda bw: _run(loop, leaf(head.logits), bw), scale)
+    return impls
+
+
+# The baseline objectives of SPEC 7, against their eager references and torch.compile of them.
+OBJECTIVES = ("prm_loss", "orm_loss", "pqm_loss")
+OBJECTIVE_WORKLOADS = ("rl_rollouts", "per_token")
+
+
+def objective_implementations(op: str, inputs: Inputs, backends: list[str], compiled: dict) -> dict:
+    """name -> (make(backward) -> callable, 1.0) for prm_loss, orm_loss and pqm_loss. The eager
+    baselines are crm_kernels.reference's: elementwise for PRM, a gather for ORM, padded for PQM."""
+    x, cu, labels = inputs.logits, inputs.cu_steps, inputs.step_labels
+    leaf = lambda t: t.detach().clone().requires_grad_()  # noqa: E731
+    public = {"prm_loss": lambda t, b: crm_kernels.prm_loss(t, cu, labels, backend=b),
+              "orm_loss": lambda t, b: crm_kernels.orm_loss(t, cu, inputs.outcome, backend=b),
+              "pqm_loss": lambda t, b: crm_kernels.pqm_loss(t, cu, inputs.first_error, backend=b)}[op]  # fmt: skip
+    impls = {f"crm_kernels[{b}]": (lambda bw, b=b: _run(lambda t: public(t, b), leaf(x), bw), 1.0) for b in backends}
+    if op == "pqm_loss":
+        eager = lambda t: reference.pqm_loss_from_padded(t, inputs.mask, inputs.first_error)  # noqa: E731
+        compiled_fn = compiled.setdefault(op, torch.compile(reference.pqm_loss_from_padded))
+        compiled_call = lambda t: compiled_fn(t, inputs.mask, inputs.first_error)  # noqa: E731
+        impls["eager padded"] = (lambda bw: _run(eager, leaf(inputs.padded), bw), 1.0)
+        impls["torch.compile(eager padded)"] = (lambda bw: _run(compiled_call, leaf(inputs.padded), bw), 1.0)
+        return impls
+    function = reference.prm_loss_reference if op == "prm_loss" else reference.orm_loss_reference
+    arguments = (labels,) if op == "prm_loss" else (cu, inputs.outcome)
+    compiled_fn = compiled.setdefault(op, torch.compile(function))
+    impls["eager"] = (lambda bw: _run(lambda t: function(t, *arguments), leaf(x), bw), 1.0)
+    impls["torch.compile(eager)"] = (lambda bw: _run(lambda t: compiled_fn(t, *arguments), leaf(x), bw), 1.0)
     return impls
 
 
@@ -298,9 +330,10 @@ def bytes_that_must_move(op: str, inputs: Inputs, backward: bool) -> int:
     """Inputs read once, outputs written once (padding and intermediates excluded)."""
     logits = inputs.logits.numel() * inputs.logits.element_size()
     offsets = inputs.cu_steps.numel() * inputs.cu_steps.element_size()
-    if op == "crm_loss":
-        labels = inputs.outcome.numel() * inputs.outcome.element_size()
-        labels += inputs.first_error.numel() * inputs.first_error.element_size()
+    if op in ("crm_loss", *OBJECTIVES):
+        read = {"crm_loss": (inputs.outcome, inputs.first_error), "prm_loss": (inputs.step_labels,),
+                "orm_loss": (inputs.outcome,), "pqm_loss": (inputs.first_error,)}[op]  # fmt: skip
+        labels = sum(t.numel() * t.element_size() for t in read)
         return logits + offsets + labels + 4 + (logits if backward else 0)  # + grad_logits
     scan = inputs.num_steps * 4
     return logits + offsets + scan + ((scan + logits) if backward else 0)  # + upstream grad, grad_logits
@@ -345,15 +378,18 @@ def bench_rows(device, full: bool, log) -> list[dict]:
     rows, compiled = [], {}
     bandwidth, launch_ms = measure_bandwidth(device), measure_launch(device)
     log(f"bandwidth {bandwidth / 1e9:.1f} GB/s (copy, read + write), one launch {launch_ms * 1e3:.1f} us")
-    for workload in workloads(full):
-        inputs = make_inputs(workload, device)
-        for op in ("crm_loss", "log_survival"):
+    runs = [(w, make_inputs(w, device), ("crm_loss", "log_survival")) for w in workloads(full)]
+    # ORM reads each trajectory's last step: its batches have none empty.
+    runs += [(w, make_inputs(w, device, min_length=1), OBJECTIVES) for w in workloads(full) if w.name in OBJECTIVE_WORKLOADS]
+    for workload, inputs, ops in runs:
+        for op in ops:
+            maker = objective_implementations if op in OBJECTIVES else implementations
             for backward in (False, True):
                 mode = "fwd+bwd" if backward else "fwd"
                 moved = bytes_that_must_move(op, inputs, backward)
                 floor_ms = max(moved / bandwidth * 1e3, launch_ms)
                 transcendentals_ms = transcendental_reference_ms(inputs, backward, device)
-                for name, (make, scale) in implementations(op, inputs, kernel_backends(device), compiled).items():
+                for name, (make, scale) in maker(op, inputs, kernel_backends(device), compiled).items():
                     call = make(backward)
                     times = [t * scale for t in time_call(call, device)]
                     median = statistics.median(times)
@@ -378,7 +414,9 @@ def add_ratios(rows: list[dict]) -> None:
     for row in rows:
         same = [r for r in rows if (r["workload"], r["op"], r["mode"]) == (row["workload"], row["op"], row["mode"])]
         base = {r["impl"]: r for r in same}
+        # The objectives' elementwise baselines have no padding: "eager" and its compile.
         for key, baseline in (("eager_padded", "eager padded"), ("compiled", "torch.compile(eager padded)")):
+            baseline = baseline if baseline in base else baseline.replace(" padded", "")
             row[f"speedup_vs_{key}"] = base[baseline]["median_ms"] / row["median_ms"]
             row[f"speedup_vs_{key}_trusted"] = not (row["noisy"] or base[baseline]["noisy"])
 

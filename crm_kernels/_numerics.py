@@ -22,9 +22,24 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(x, torch.zeros_like(x))
 
 
+# The ordered sum's block: blocks are summed left to right in float64, then the block sums left to
+# right. Up to one block this is the plain left-to-right sum; past it, the blocks can be summed in
+# parallel (prm_loss reduces a million steps) and the result still depends on the data alone, not
+# on the number of threads. csrc/include/crm_ops.h follows the same rule.
+SUM_BLOCK = 8192
+
+
 def ordered_sum(losses: torch.Tensor) -> torch.Tensor:
-    """The sum of a [B] vector, left to right in float64 (a cumulative sum), in its own dtype."""
-    return losses.to(torch.float64).cumsum(0)[-1].to(losses.dtype) if losses.numel() else losses.sum()
+    """The sum of a [n] vector by blocks of SUM_BLOCK, each left to right in float64 (a cumulative
+    sum), then the block sums left to right; in the vector's own dtype."""
+    if not losses.numel():
+        return losses.sum()
+    values = losses.to(torch.float64)
+    if values.numel() > SUM_BLOCK:
+        padding = -values.numel() % SUM_BLOCK  # trailing zeros leave each partial sum as it is
+        blocks = torch.nn.functional.pad(values, (0, padding)).view(-1, SUM_BLOCK)
+        values = blocks.cumsum(1)[:, -1]
+    return values.cumsum(0)[-1].to(losses.dtype)
 
 
 def reduce_by(losses: torch.Tensor, normalizer: float | None) -> torch.Tensor:
@@ -37,8 +52,8 @@ def reduce_losses(losses: torch.Tensor, reduction: str, normalizer=None) -> torc
     """"none": the [B] vector; "sum"; "mean": the sum over B, or over `normalizer` when given
     (data-parallel ranks pass the global count so that their sums add up to the global mean).
 
-    The sum runs left to right in float64 (a cumulative sum), so it has the same bits for any
-    number of threads: torch.sum splits a CPU reduction by thread, and its float32 result moved
+    The sum runs left to right in float64 (a cumulative sum; by blocks past SUM_BLOCK values), so it
+    has the same bits for any number of threads: torch.sum splits a CPU reduction by thread, and its float32 result moved
     by a few ulps between 1 and 2 threads. A batch without trajectories has mean 0, not 0 / 0."""
     if reduction == "none":
         return losses  # whatever normalizer says: it only divides a reduced loss

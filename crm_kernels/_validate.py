@@ -173,9 +173,12 @@ def check_objective_values(logits: torch.Tensor, cu_steps: torch.Tensor, *, step
     (ORM); first_error in [-1, n_i) (PQM, where -1 means every step is correct)."""
     lengths = cu_steps[1:] - cu_steps[:-1]
     rules = _offset_rules(cu_steps, "cu_steps", logits.numel(), "len(logits)")
-    if step_labels is not None:
-        outside = ~((step_labels >= 0) & (step_labels <= 1))  # NaN too
-        rules.append(("step_labels must be in [0, 1]", outside.any(), lambda: _entry("step_labels", step_labels, outside)))
+    if step_labels is not None and step_labels.numel():
+        # One pass (aminmax, NaN propagating), no [N] masks: the offending entry is looked for only
+        # when there is one.
+        lowest, highest = torch.aminmax(step_labels)
+        rules.append(("step_labels must be in [0, 1]", ~((lowest >= 0) & (highest <= 1)),
+                      lambda: _entry("step_labels", step_labels, ~((step_labels >= 0) & (step_labels <= 1)))))  # fmt: skip
     if outcome is not None:
         not_binary = (outcome != 0) & (outcome != 1)
         empty = lengths == 0

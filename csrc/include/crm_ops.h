@@ -2,10 +2,13 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
 
 #include <algorithm>
 #include <optional>
+#include <vector>
 
 // Runs the lambda with scalar_t = the logits' dtype (half, bfloat16, float, double) and index_t =
 // the offsets' (int32, int64): the one dispatch of every CPU and CUDA op wrapper.
@@ -23,27 +26,50 @@ inline at::ScalarType accumulate_type(const at::Tensor& logits) {
 
 inline int64_t num_trajectories(const at::Tensor& cu_steps) { return std::max<int64_t>(cu_steps.numel() - 1, 0); }
 
-// crm_loss's reduction (SPEC 4, crm_kernels/_numerics.py): the [B] losses when normalizer is
-// None, else their sum over normalizer. The sum runs left to right in float64 (a cumulative sum),
-// so it has the same bits for any number of threads.
-// On the host the sum is a plain loop: the four tensor ops of the device path cost more than the
+// The losses' reduction (SPEC 4, crm_kernels/_numerics.py): the losses when normalizer is None,
+// else their sum over normalizer. The sum runs in float64 by blocks of kSumBlock values, each left
+// to right, then the block sums left to right (_numerics.ordered_sum, the same bits): up to one
+// block the plain left-to-right sum, past it parallel over blocks, the same bits for any number of
+// threads. On the host the sum is a loop: the tensor ops of the device path cost more than the
 // kernels of a small batch, and give the same bits.
+constexpr int64_t kSumBlock = 8192;
+
 inline at::Tensor reduce_losses(const at::Tensor& losses, std::optional<double> normalizer) {
   if (!normalizer) return losses;
   if (losses.is_cpu()) {
     return AT_DISPATCH_FLOATING_TYPES(losses.scalar_type(), "reduce_losses", [&] {
       const scalar_t* values = losses.const_data_ptr<scalar_t>();
+      const int64_t n = losses.numel(), blocks = (n + kSumBlock - 1) / kSumBlock;
+      std::vector<double> block_sums(blocks);
+      auto sum_blocks = [&](int64_t first, int64_t last) {
+        for (int64_t block = first; block < last; ++block) {
+          double sum = 0.0;
+          for (int64_t i = block * kSumBlock; i < std::min(n, (block + 1) * kSumBlock); ++i) {
+            sum += static_cast<double>(values[i]);
+          }
+          block_sums[block] = sum;
+        }
+      };
+      if (blocks > 1) {
+        at::parallel_for(0, blocks, 1, sum_blocks);
+      } else {
+        sum_blocks(0, blocks);  // a small batch: no thread wake-up
+      }
       double total = 0.0;
-      for (int64_t i = 0; i < losses.numel(); ++i) total += static_cast<double>(values[i]);
+      for (const double sum : block_sums) total += sum;
       at::Tensor loss = at::empty({}, losses.options());
       // Rounded to the losses' dtype, then divided there, as torch divides by a Python float.
       *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total) / static_cast<scalar_t>(*normalizer);
       return loss;
     });
   }
-  const at::Tensor total =
-      losses.numel() ? losses.to(at::kDouble).cumsum(0)[-1].to(losses.scalar_type()) : losses.sum();
-  return total.div(*normalizer);
+  if (!losses.numel()) return losses.sum().div(*normalizer);
+  at::Tensor values = losses.to(at::kDouble);
+  if (values.numel() > kSumBlock) {
+    const int64_t padding = (kSumBlock - values.numel() % kSumBlock) % kSumBlock;  // zeros change no sum
+    values = at::constant_pad_nd(values, {0, padding}).view({-1, kSumBlock}).cumsum(1).select(1, -1);
+  }
+  return values.cumsum(0)[-1].to(losses.scalar_type()).div(*normalizer);
 }
 
 // The per-trajectory labels as the kernels read them, bool and int64, whatever integer type they
