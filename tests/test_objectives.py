@@ -329,3 +329,24 @@ def test_backends_agree_on_bits_across_thread_counts(seed):
             torch.set_num_threads(previous)
     for one, two in zip(*results):
         assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_reduction_is_the_ordered_sum_of_every_backend(dtype, seed):
+    """Past 8192 values the ordered sum goes by blocks (summed in parallel on CPU): the C++
+    reduction gives the bits of crm_kernels._numerics.ordered_sum, which the Triton and eager
+    backends use, and a left-to-right float64 sum to rounding."""
+    from crm_kernels._numerics import SUM_BLOCK, ordered_sum
+
+    if "cpu" not in BACKENDS:
+        pytest.skip("the C++ extension is not built")
+    generator = torch.Generator().manual_seed(seed)
+    batch = 2 * SUM_BLOCK + 123
+    cu_steps = torch.arange(batch + 1) * 2
+    logits = (torch.randn(2 * batch, generator=generator, dtype=torch.float64) * 3).to(dtype)
+    outcome = torch.rand(batch, generator=generator) < 0.5
+    per_trajectory = crm_kernels.orm_loss(logits, cu_steps, outcome, reduction="none", backend="cpu")
+    summed = crm_kernels.orm_loss(logits, cu_steps, outcome, reduction="sum", backend="cpu")
+    assert torch.equal(summed, ordered_sum(per_trajectory))
+    expected = per_trajectory.double().cumsum(0)[-1]
+    torch.testing.assert_close(summed.double(), expected, rtol=1e-7 if dtype == torch.float32 else 1e-14, atol=0)
