@@ -137,16 +137,21 @@ at::Tensor orm_loss_backward(const at::Tensor& grad_losses, const at::Tensor& lo
     const index_t* cu = in.cu_steps.const_data_ptr<index_t>();
     const acc_t* g = upstream.const_data_ptr<acc_t>();
     scalar_t* grad = grad_logits.mutable_data_ptr<scalar_t>();
-    // One thread: with offsets that are not valid (validate=False) two trajectories may share a
-    // last step, and their writes must not race.
-    for_each_vector<acc_t>(0, in.batch, [&](int64_t first, int64_t count) {
-      const LastSteps<scalar_t, index_t> steps(x, cu, in.labels.correct_ptr(), first, count, in.logits.numel());
-      acc_t grads[Vec::size()];
-      (Vec::loadu(g + first, count) * bce_with_logits_grad(Vec::loadu(steps.logit), Vec::loadu(steps.target)))
-          .store(grads);
-      for (int64_t k = 0; k < count; ++k) {
-        if (steps.last[k] >= 0) grad[steps.last[k]] = static_cast<scalar_t>(grads[k]);
-      }
+    const int64_t num_steps = in.logits.numel();
+    parallel_for_trajectories(cu, in.batch, num_steps, [&](int64_t b_begin, int64_t b_end) {
+      // The steps of this range of trajectories, disjoint from every other range's whatever the
+      // offsets hold (sweep.h). With valid offsets every last step lies inside; with offsets that
+      // are not (validate=False) a step outside is not written, so no two threads write one step.
+      const int64_t lo = clamped_offset(cu, b_begin, 0, num_steps), hi = clamped_offset(cu, b_end, lo, num_steps);
+      for_each_vector<acc_t>(b_begin, b_end, [&](int64_t first, int64_t count) {
+        const LastSteps<scalar_t, index_t> steps(x, cu, in.labels.correct_ptr(), first, count, num_steps);
+        acc_t grads[Vec::size()];
+        (Vec::loadu(g + first, count) * bce_with_logits_grad(Vec::loadu(steps.logit), Vec::loadu(steps.target)))
+            .store(grads);
+        for (int64_t k = 0; k < count; ++k) {
+          if (steps.last[k] >= lo && steps.last[k] < hi) grad[steps.last[k]] = static_cast<scalar_t>(grads[k]);
+        }
+      });
     });
   });
   return grad_logits;
