@@ -80,12 +80,12 @@ def recording_launches():
     )
     _backends._triton_runs_on = lambda device: True
     _backends.scan_backend = lambda *tensors: "triton"
-    _backends._AVAILABLE_ON.clear()
+    _backends.forget_availability()
     try:
         yield launches, current
     finally:
         jit.KernelInterface.__getitem__, _backends._triton_runs_on, _backends.scan_backend = saved
-        _backends._AVAILABLE_ON.clear()
+        _backends.forget_availability()
 
 
 def _placed(tensor, aligned: bool):
@@ -134,6 +134,18 @@ def _drive_public_api(current):
                             losses = crm_kernels.crm_loss(logits, cu_steps, outcome, first_error, backend="triton",
                                                           reduction="none")  # fmt: skip
                             losses.backward(_placed(torch.ones(batch, dtype=acc), aligned))
+                    # The SPEC 7 baselines; ORM without validation, as these shapes hold empty trajectories.
+                    step_labels = _placed(torch.rand(num_steps, generator=generator).to(dtype), aligned)
+                    current["call"] = f"prm_loss {dtype} aligned={aligned} {shape}"
+                    crm_kernels.prm_loss(logits, cu_steps, step_labels, backend="triton").backward()
+                    for outcome_dtype in (torch.bool, *_validate.INTEGER_DTYPES):
+                        outcome = _placed((torch.arange(batch) % 2 == 0).to(outcome_dtype), aligned)
+                        current["call"] = f"orm_loss {dtype} {index_dtype} outcome {outcome_dtype} aligned={aligned} {shape}"
+                        crm_kernels.orm_loss(logits, cu_steps, outcome, backend="triton", validate=False).backward()
+                    for first_error_dtype in _validate.OFFSET_DTYPES:
+                        first_error = _placed(torch.where(lengths > 1, 1, -1).to(first_error_dtype), aligned)
+                        current["call"] = f"pqm_loss {dtype} {index_dtype} first_error {first_error_dtype} aligned={aligned} {shape}"
+                        crm_kernels.pqm_loss(logits, cu_steps, first_error, backend="triton").backward()
                 for dtype in (torch.float32, torch.float64):
                     values = _placed(torch.randn(num_steps, generator=generator).to(dtype), aligned)
                     current["call"] = f"segment scans {dtype} {index_dtype} aligned={aligned} {shape}"

@@ -3,8 +3,8 @@ crm_loss. Every backend against the float64 reference on fresh ragged batches (e
 length 1, long ones) in every dtype, extreme logits, the reductions, PQM against its official code,
 the bad-input rules, opcheck, fp64 gradcheck, torch.compile and double backward.
 
-No Triton or CUDA kernels exist for these yet (issue 16): on CPU the backends are "cpu" (C++) and
-"torch" (eager), and asking for "triton" is refused, naming the op."""
+On CPU the backends are "cpu" (C++), "triton" (its interpreter) and "torch" (eager); the CUDA
+backend has no kernels for these, and naming it is refused, naming the op."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ import crm_kernels
 from conftest import DTYPES, FORWARD_TOL, GRAD_TOL, make_batch
 from crm_kernels import reference
 
-BACKENDS = [b for b in ("cpu", "torch") if crm_kernels._backends.is_available(b, torch.device("cpu"))]
+BACKENDS = [b for b in ("cpu", "triton", "torch") if crm_kernels._backends.is_available(b, torch.device("cpu"))]
 OBJECTIVES = ["prm", "orm", "pqm"]
 
 
@@ -223,13 +223,24 @@ def test_bad_input_is_named():
             run()
 
 
-def test_backends_without_these_kernels_are_refused():
-    """Triton and CUDA have no kernels for the baselines yet: naming them says so; on CPU tensors
-    "auto" runs the C++ kernels."""
-    if "triton" in crm_kernels.available_backends("cpu"):
-        with pytest.raises(ValueError, match="the triton backend has no prm_loss kernel"):
-            crm_kernels.prm_loss(torch.randn(3), torch.tensor([0, 3]), torch.rand(3), backend="triton")
-    assert crm_kernels._backends.resolve("auto", torch.device("cpu"), "pqm_loss") == BACKENDS[0]
+def test_a_backend_without_the_kernel_is_refused(monkeypatch):
+    """The registry knows which backend implements which op (the CUDA backend has no kernels for
+    these): naming one that does not says so; "auto" takes the first that does."""
+    from crm_kernels import _backends
+
+    monkeypatch.setitem(_backends._IMPLEMENTS, "cpu", ("log_survival", "crm_loss"))
+    _backends.forget_availability()
+    try:
+        if "cpu" in crm_kernels.available_backends("cpu"):
+            with pytest.raises(ValueError, match=r"backend 'cpu' is not available for prm_loss on cpu \(the cpu "
+                                                 r"backend has no prm_loss kernel\)"):  # fmt: skip
+                crm_kernels.prm_loss(torch.randn(3), torch.tensor([0, 3]), torch.rand(3), backend="cpu")
+        assert _backends.resolve("auto", torch.device("cpu"), "pqm_loss") != "cpu"
+    finally:
+        monkeypatch.undo()
+        _backends.forget_availability()
+    assert _backends.resolve("auto", torch.device("cpu"), "pqm_loss") == crm_kernels.available_backends("cpu")[0]
+    assert "prm_loss" not in _backends._IMPLEMENTS["cuda"]
 
 
 def small_batch(seed):

@@ -1,4 +1,4 @@
-"""The formulas of csrc/include/crm_math.h (SPEC sections 1, 3, 4), restated in Triton.
+"""The formulas of csrc/include/crm_math.h (SPEC sections 1, 3, 4, 7), restated in Triton.
 
 Keep the two files in step: tests/test_triton.py holds these kernels to the eager reference.
 libdevice's log1p/expm1 do not run under TRITON_INTERPRET, so both are written with the classic
@@ -112,3 +112,26 @@ def step_grad(x, hazard, coef, first_error_grad, t, z):
     (0 where z is unknown)."""
     grad = tl.where(t < z, (coef + first_error_grad) * hazard, coef * hazard)
     return tl.where(t == z, coef * hazard - first_error_grad * sigmoid(-x), grad)
+
+
+# ---- the baseline objectives (SPEC 7) ----------------------------------------------------------
+
+
+@triton.jit
+def bce_with_logits(x, y):
+    """Binary cross-entropy with logits of a target y in [0, 1]: softplus(x) - y x."""
+    return softplus(x) - y * x
+
+
+@triton.jit
+def bce_with_logits_grad(x, y):
+    return sigmoid(x) - y
+
+
+@triton.jit
+def logaddexp(a, b):
+    """log(e^a + e^b), -inf when both are; NaN in either gives NaN (the comparison sends it to
+    `high`, or to `low` and through the exp)."""
+    high = tl.where(a > b, a, b)
+    low = tl.where(a > b, b, a)
+    return tl.where(high == float("-inf"), high, high + log1p(tl.exp(low - high)))
