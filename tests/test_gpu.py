@@ -118,3 +118,27 @@ def test_gpu_rl_scans_match_cpu(seed):
     step_rewards = -torch.rand(int(cu_steps[-1]), generator=generator)
     torch.testing.assert_close(rl.returns_to_go(step_rewards.cuda(), cu_steps.cuda(), 0.999).cpu(),
                                rl.returns_to_go(step_rewards, cu_steps, 0.999), rtol=1e-4, atol=1e-3)  # fmt: skip
+
+
+@pytest.mark.parametrize("objective", ["prm", "orm", "pqm"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_gpu_baseline_objectives_match_the_cpu_kernels(objective, dtype, scale, seed):
+    """The SPEC 7 baselines on CUDA tensors ("auto": Triton) against the C++ kernels on the same
+    batch, which tests/test_objectives.py holds to the float64 reference."""
+    batch = make_batch(seed, dtype, torch.int32, scale, batch=2048, mean=16.0, long_steps=5_000, device="cuda")
+    lengths = batch.lengths.clamp(min=1)  # ORM reads each trajectory's last step
+    batch = make_batch(seed, dtype, torch.int32, scale, lengths=lengths.cpu(), device="cuda")
+    generator = torch.Generator().manual_seed(seed)
+    labels = {"prm": torch.rand(batch.logits.numel(), generator=generator).to(dtype).cuda(), "orm": batch.outcome,
+              "pqm": batch.first_error}[objective]  # fmt: skip
+    function = {"prm": crm_kernels.prm_loss, "orm": crm_kernels.orm_loss, "pqm": crm_kernels.pqm_loss}[objective]
+    results = []
+    for device in ("cuda", "cpu"):
+        logits = batch.logits.to(device).requires_grad_()
+        losses = function(logits, batch.cu_steps.to(device), labels.to(device), reduction="none")
+        (grad,) = torch.autograd.grad(losses.sum(), logits)
+        results.append((losses.double().cpu(), grad.double().cpu()))
+    (gpu_losses, gpu_grad), (cpu_losses, cpu_grad) = results
+    torch.testing.assert_close(gpu_losses, cpu_losses, **FORWARD_TOL[dtype])
+    torch.testing.assert_close(gpu_grad, cpu_grad, **GRAD_TOL[dtype])
