@@ -168,6 +168,29 @@ def collate(encoded: Sequence[dict], pad_token_id: int, step_token_ids, padding_
     }
 
 
+def hard_step_labels(cu_steps: torch.Tensor, outcome: torch.Tensor, first_error: torch.Tensor) -> torch.Tensor:
+    """[N] float32 PRM labels from the packed CRM labels: 1 for the steps before a trajectory's first
+    wrong step z, 0 from z on; every step of a correct trajectory 1. A flawed trajectory whose z is
+    unknown (first_error -1) has no per-step labels: ValueError."""
+    from .segment import segment_ids
+
+    if not all(isinstance(t, torch.Tensor) for t in (cu_steps, outcome, first_error)):
+        raise TypeError("cu_steps, outcome and first_error must be tensors")
+    if outcome.shape != first_error.shape or outcome.shape != (cu_steps.numel() - 1,):
+        raise ValueError(f"outcome and first_error must be [B] = [{cu_steps.numel() - 1}], got "
+                         f"{tuple(outcome.shape)} and {tuple(first_error.shape)}")  # fmt: skip
+    unknown = ~outcome.bool() & (first_error < 0)
+    if bool(unknown.any()):
+        raise ValueError(f"trajectory {int(unknown.nonzero()[0, 0])} is flawed (outcome 0) and its first wrong step "
+                         "is unknown (first_error -1): PRM needs per-step labels")  # fmt: skip
+    num_steps = int(cu_steps[-1])
+    owner = segment_ids(cu_steps, num_steps)
+    index = torch.arange(num_steps, device=cu_steps.device) - cu_steps[:-1].long()[owner]
+    lengths = (cu_steps[1:] - cu_steps[:-1]).long()
+    first_wrong = torch.where(outcome.bool(), lengths, first_error.long())
+    return (index < first_wrong[owner]).float()
+
+
 class PRMCollator:
     """DataLoader collate_fn: records (TRL or Math-Shepherd) or PRMExamples -> `collate`'s batch."""
 

@@ -98,6 +98,12 @@ def test_scorer_rejects_bad_input(scorer, tokenizer):
         CRMScorer(scorer.model, tokenizer, TAG, "")
     with pytest.raises(ValueError, match="batch_size"):
         CRMScorer(scorer.model, tokenizer, TAG, SEP, batch_size=0)
+    scorer.model.objective = "prm"  # a model trained as a PRM: its logits are not hazards
+    try:
+        with pytest.raises(ValueError, match="trained with objective='prm'"):
+            CRMScorer(scorer.model, tokenizer, TAG, SEP)
+    finally:
+        scorer.model.objective = "crm"
 
 
 def reference_step_ends(tokenizer, token_ids, separator):

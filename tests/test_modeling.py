@@ -187,3 +187,79 @@ def test_bad_settings_are_named():
         ConditionalRewardModel(llama(causal_lm=True), TAG, head="tokens", good_token_id=GOOD, bad_token_id=500)
     with pytest.raises(TypeError, match="backbone must be a transformers PreTrainedModel"):
         ConditionalRewardModel(torch.nn.Linear(2, 2), TAG)
+
+
+@pytest.mark.parametrize("objective", ["crm", "prm", "orm", "pqm"])
+def test_every_objective_trains_the_same_head(objective, tmp_path, seed):
+    """objective= picks the loss (SPEC 3 or 7) and what ranking_score means; the head and the
+    packed output are the same, and the choice survives save/load."""
+    import crm_kernels
+    from crm_kernels.data import hard_step_labels
+
+    model = ConditionalRewardModel(llama(), TAG, objective=objective)
+    torch.nn.init.normal_(model.value_head.weight)
+    rows = [row for row in random_rows(seed) if (row == TAG).any()]  # ORM reads each row's last step
+    output = model(*pad(rows, "right"))
+    lengths = output.cu_steps.diff()
+    outcome = torch.arange(len(rows)) % 2 == 0
+    first_error = torch.where(outcome, -1, lengths - 1)
+    loss = model.loss(output, outcome, first_error, reduction="sum")
+    logits, cu_steps = output.hazard_logits.detach(), output.cu_steps
+    expected = {
+        "crm": lambda: crm_kernels.crm_loss(logits, cu_steps, outcome, first_error, reduction="sum"),
+        "prm": lambda: crm_kernels.prm_loss(logits, cu_steps, hard_step_labels(cu_steps, outcome, first_error),
+                                            reduction="sum"),
+        "orm": lambda: crm_kernels.orm_loss(logits, cu_steps, outcome, reduction="sum"),
+        "pqm": lambda: crm_kernels.pqm_loss(logits, cu_steps, first_error, reduction="sum"),
+    }[objective]()  # fmt: skip
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    assert model.value_head.weight.grad.abs().sum() > 0
+
+    how = {"crm": "log_survival", "prm": "product", "orm": "last", "pqm": "min"}[objective]
+    values = logits if objective == "crm" else logits.sigmoid()
+    torch.testing.assert_close(model.ranking_score(output), scoring.aggregate(values, cu_steps, how))
+
+    model.save_pretrained(tmp_path)
+    assert ConditionalRewardModel.from_pretrained(str(tmp_path)).objective == objective
+
+
+def test_objective_labels_are_checked():
+    from crm_kernels.data import hard_step_labels
+
+    cu_steps, outcome = torch.tensor([0, 2, 5]), torch.tensor([True, False])
+    assert hard_step_labels(cu_steps, outcome, torch.tensor([-1, 1])).tolist() == [1, 1, 1, 0, 0]
+    with pytest.raises(ValueError, match="trajectory 1 is flawed.*first wrong step is unknown"):
+        hard_step_labels(cu_steps, outcome, torch.tensor([-1, -1]))
+    with pytest.raises(ValueError, match="objective must be one of"):
+        ConditionalRewardModel(llama(), TAG, objective="dpo")
+    model = ConditionalRewardModel(llama(), TAG, objective="pqm")
+    output = model(*pad([torch.tensor([13, TAG, 14, TAG]), torch.tensor([15, TAG])], "right"))
+    with pytest.raises(ValueError, match="trajectory 1 \\(outcome 0\\) has first_error -1"):
+        model.loss(output, torch.tensor([True, False]), torch.tensor([-1, -1]))
+    with pytest.raises(ValueError, match="objective 'pqm' needs first_error"):
+        model.loss(output, torch.tensor([True, False]))
+
+
+@pytest.mark.parametrize("objective", ["crm", "prm", "orm", "pqm"])
+def test_every_objective_learns_the_arithmetic_task(objective):
+    """End to end on the embedded task (the examples' training loop, 150 steps of 32, ~3 s each):
+    each objective's loss falls, and its ranking score puts correct trajectories above flawed ones
+    on held-out ones (all four pass 0.9 here; the task is easy enough that they barely differ,
+    which issue 16's comparison needs a harder task for)."""
+    from crm_kernels.data import PRMCollator
+    from crm_kernels.tasks import arithmetic
+    from crm_kernels.trainer import to_device, train
+
+    tokenizer = arithmetic.build_tokenizer()
+    model = arithmetic.small_model(tokenizer, seed=0, objective=objective)
+    collator = PRMCollator(tokenizer, arithmetic.STEP_TAG)
+    examples = [s.example for s in arithmetic.make_dataset(150 * 32, seed=1)]
+    losses = train(model, collator, examples, steps=150, batch_size=32, lr=3e-3, seed=0, progress=False)
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10, losses
+    held_out = to_device(collator([s.example for s in arithmetic.make_dataset(256, seed=2)]), "cpu")
+    with torch.no_grad():
+        score = model.eval().ranking_score(model(held_out["input_ids"], held_out["attention_mask"]))
+    correct, flawed = score[held_out["outcome"]], score[~held_out["outcome"]]
+    pairs_ordered = (correct[:, None] > flawed[None, :]).float().mean()
+    assert pairs_ordered > 0.85, float(pairs_ordered)

@@ -78,6 +78,11 @@ class CRMScorer:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if tokenizer.pad_token_id is None:
             raise ValueError("the CRM tokenizer needs a pad token (set tokenizer.pad_token)")
+        objective = getattr(model, "objective", "crm")
+        if objective != "crm":
+            # Its rewards are log(1 - h(t)) of hazard logits: another objective's logits mean something else.
+            raise ValueError(f"CRMScorer turns a CRM's hazards into rewards, and this model was trained with "
+                             f"objective={objective!r}: rank its outputs with model.ranking_score")  # fmt: skip
         self.model = model
         self.tokenizer = tokenizer
         self.step_tag = step_tag

@@ -13,11 +13,14 @@ Everything per step is packed (SPEC 2): hazard_logits, log_survival and step_pos
 cu_steps is [B + 1]. h(t) must depend only on the question and steps up to t (beam search scores
 prefixes), so a backbone whose hidden states see later tokens is refused unless
 allow_bidirectional=True.
+
+The same head trains under the paper's baselines too (`objective="prm" | "orm" | "pqm"`, SPEC 7):
+`loss` then computes that objective and `ranking_score` ranks by what its logits mean.
 """
 
 from .causal import sees_later_tokens
 from .heads import HEADS, TokenHead, ValueHead
-from .model import CONFIG_NAME, HEAD_WEIGHTS_NAME, ConditionalRewardModel, CRMOutput
+from .model import CONFIG_NAME, HEAD_WEIGHTS_NAME, OBJECTIVES, RANKED_BY, ConditionalRewardModel, CRMOutput
 
-__all__ = ["CONFIG_NAME", "HEADS", "HEAD_WEIGHTS_NAME", "CRMOutput", "ConditionalRewardModel", "TokenHead",
-           "ValueHead", "sees_later_tokens"]
+__all__ = ["CONFIG_NAME", "HEADS", "HEAD_WEIGHTS_NAME", "OBJECTIVES", "RANKED_BY", "CRMOutput",
+           "ConditionalRewardModel", "TokenHead", "ValueHead", "sees_later_tokens"]

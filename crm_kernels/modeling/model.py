@@ -11,7 +11,8 @@ from typing import Any
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
-from .. import ops
+from .. import ops, scoring
+from ..data import hard_step_labels
 from ..segment import segment_ids, segment_last
 from ..step_tags import find_step_ends
 from .causal import sees_later_tokens, text_config
@@ -19,6 +20,14 @@ from .heads import HEADS, TokenHead, ValueHead
 
 CONFIG_NAME = "crm_config.json"
 HEAD_WEIGHTS_NAME = "crm_head.safetensors"
+
+# The objectives the head trains under (SPEC 3 and 7), and the aggregation of crm_kernels.scoring
+# each ranks trajectories by: log S(T) for CRM (the head's logits are hazards); for the baselines
+# the head's logit is the objective's own (step correct for PRM, answer correct at the last step
+# for ORM, Q-values for PQM), ranked through its sigmoid, which keeps their order: the product
+# of step probabilities (PRM), the last step (ORM), the minimum Q-value (PQM).
+OBJECTIVES = ("crm", "prm", "orm", "pqm")
+RANKED_BY = {"crm": "log_survival", "prm": "product", "orm": "last", "pqm": "min"}
 
 
 @dataclass
@@ -53,13 +62,18 @@ class ConditionalRewardModel(nn.Module):
             bad minus good).
         allow_bidirectional: accept a backbone whose hidden states see later tokens (an encoder);
             its hazards then depend on later steps, which beam search and SPEC 1 do not allow.
+        objective: what `loss` trains: "crm" (crm_loss), or the paper's baselines "prm", "orm",
+            "pqm" (SPEC 7) on the same head; `ranking_score` ranks by what each objective means.
     """
 
     def __init__(self, backbone: nn.Module, step_token_id: int | list[int], *, head: str = "value", good_token_id: int | None = None,
-                 bad_token_id: int | None = None, allow_bidirectional: bool = False):  # fmt: skip
+                 bad_token_id: int | None = None, allow_bidirectional: bool = False, objective: str = "crm"):  # fmt: skip
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
         if not hasattr(backbone, "config") or not hasattr(backbone, "base_model"):
             raise TypeError(f"backbone must be a transformers PreTrainedModel, got {type(backbone).__name__}")
         self.step_token_ids = [step_token_id] if isinstance(step_token_id, int) else [int(i) for i in step_token_id]
@@ -126,9 +140,37 @@ class ConditionalRewardModel(nn.Module):
             past_key_values=outputs.past_key_values if use_cache else None,
         )
 
-    def loss(self, output: CRMOutput, outcome: Tensor, first_error: Tensor | None = None, **crm_loss_kwargs):
-        """`crm_kernels.crm_loss` on this output's hazard logits (SPEC 3)."""
-        return ops.crm_loss(output.hazard_logits, output.cu_steps, outcome, first_error, **crm_loss_kwargs)
+    def loss(self, output: CRMOutput, outcome: Tensor, first_error: Tensor | None = None, *,
+             step_labels: Tensor | None = None, **loss_kwargs):  # fmt: skip
+        """The model's objective on this output's logits: `crm_loss` (SPEC 3), or `prm_loss`,
+        `orm_loss`, `pqm_loss` (SPEC 7). PRM takes `step_labels` (soft labels), else the hard ones
+        of `data.hard_step_labels`; PQM needs the first wrong step of every flawed trajectory.
+        Keyword arguments go to the loss (reduction, normalizer, ...)."""
+        logits, cu_steps = output.hazard_logits, output.cu_steps
+        if self.objective == "crm":
+            return ops.crm_loss(logits, cu_steps, outcome, first_error, **loss_kwargs)
+        if self.objective == "orm":
+            return ops.orm_loss(logits, cu_steps, outcome, **loss_kwargs)
+        if first_error is None and (self.objective == "pqm" or step_labels is None):
+            raise ValueError(f"objective {self.objective!r} needs first_error (or step_labels for 'prm')")
+        if self.objective == "prm":
+            if step_labels is None:
+                step_labels = hard_step_labels(cu_steps, outcome, first_error)
+            return ops.prm_loss(logits, cu_steps, step_labels.to(logits.dtype), **loss_kwargs)
+        unknown = ~outcome.bool() & (first_error < 0)
+        if bool(unknown.any()):
+            raise ValueError(f"objective 'pqm' ranks each flawed trajectory's steps around its first wrong step, and "
+                             f"trajectory {int(unknown.nonzero()[0, 0])} (outcome 0) has first_error -1")  # fmt: skip
+        return ops.pqm_loss(logits, cu_steps, first_error, **loss_kwargs)
+
+    def ranking_score(self, output: CRMOutput) -> Tensor:
+        """[B] the score this objective ranks trajectories by (RANKED_BY), higher better: log S(T)
+        for CRM, else `crm_kernels.scoring.aggregate` of the sigmoid of the head's logits. Best-of-N
+        (`scoring.best_of_n`) and beam selection take it whatever the objective."""
+        if self.objective == "crm":
+            return output.score
+        probabilities = output.hazard_logits.float().sigmoid()
+        return scoring.aggregate(probabilities, output.cu_steps, RANKED_BY[self.objective], validate=False)
 
     # -----------------------------------------------------------------------------------------
     def _settings(self) -> dict:
@@ -138,6 +180,7 @@ class ConditionalRewardModel(nn.Module):
             "good_token_id": self.good_token_id,
             "bad_token_id": self.bad_token_id,
             "allow_bidirectional": self.allow_bidirectional,
+            "objective": self.objective,
             "backbone_class": type(self.backbone).__name__,
         }
 
@@ -156,7 +199,8 @@ class ConditionalRewardModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str, step_token_id=None, *, head: str | None = None,
                         good_token_id: int | None = None, bad_token_id: int | None = None,
-                        allow_bidirectional: bool | None = None, **backbone_kwargs) -> "ConditionalRewardModel":  # fmt: skip
+                        allow_bidirectional: bool | None = None, objective: str | None = None,
+                        **backbone_kwargs) -> "ConditionalRewardModel":  # fmt: skip
         """A directory written by `save_pretrained` (settings from it, arguments given here win),
         or any backbone name/path (a new head; step_token_id is then required)."""
         import transformers
@@ -167,13 +211,14 @@ class ConditionalRewardModel(nn.Module):
             with open(config_path) as f:
                 saved = json.load(f)
         given = {"step_token_id": step_token_id, "head": head, "good_token_id": good_token_id,
-                 "bad_token_id": bad_token_id, "allow_bidirectional": allow_bidirectional}  # fmt: skip
+                 "bad_token_id": bad_token_id, "allow_bidirectional": allow_bidirectional, "objective": objective}  # fmt: skip
         settings = {
             "step_token_id": saved.get("step_token_ids"),
             "head": saved.get("head", "value"),
             "good_token_id": saved.get("good_token_id"),
             "bad_token_id": saved.get("bad_token_id"),
             "allow_bidirectional": saved.get("allow_bidirectional", False),
+            "objective": saved.get("objective", "crm"),
         }
         settings.update({key: value for key, value in given.items() if value is not None})
         if settings["step_token_id"] is None:

@@ -109,9 +109,9 @@ def make_groups(problems: int, per_problem: int, seed: int) -> tuple[list[Proble
 # ---- a model for the task ----------------------------------------------------------------------
 
 
-def small_model(tokenizer, seed: int):
+def small_model(tokenizer, seed: int, objective: str = "crm"):
     """A ConditionalRewardModel over a 2-layer Llama-style decoder with random weights, built from
-    a config (nothing downloaded)."""
+    a config (nothing downloaded), trained under `objective`."""
     import torch
     from transformers import AutoModel, LlamaConfig
 
@@ -123,7 +123,7 @@ def small_model(tokenizer, seed: int):
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
     backbone = AutoModel.from_config(config, attn_implementation="sdpa")
-    return ConditionalRewardModel(backbone, data.step_token_id(tokenizer, STEP_TAG))
+    return ConditionalRewardModel(backbone, data.step_token_id(tokenizer, STEP_TAG), objective=objective)
 
 
 def trained_scorer(steps: int = 200, seed: int = 0, progress: bool = False, batch_size: int = 64):
