@@ -168,6 +168,28 @@ def collate(encoded: Sequence[dict], pad_token_id: int, step_token_ids, padding_
     }
 
 
+def collate_packed(encoded: Sequence[dict], step_token_ids) -> dict:
+    """Encoded examples -> one padding-free row (the layout of HF's `DataCollatorWithFlattening`):
+    input_ids [1, T] with the sequences back to back, position_ids [1, T] restarting at each,
+    cu_seq_lens [B + 1]; with the packed CRM labels of `collate` (step_positions index the T
+    tokens). `ConditionalRewardModel(input_ids, cu_seq_lens=...)` reads it."""
+    rows = [torch.tensor(item["input_ids"], dtype=torch.long) for item in encoded]
+    lengths = torch.tensor([row.numel() for row in rows], dtype=torch.long)
+    cu_seq_lens = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    input_ids = torch.cat(rows)[None] if rows else torch.zeros(1, 0, dtype=torch.long)
+    position_ids = torch.cat([torch.arange(n) for n in lengths.tolist()])[None] if rows else input_ids.clone()
+    cu_steps, step_positions = find_step_ends_packed(input_ids, cu_seq_lens, step_token_ids)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "cu_seq_lens": cu_seq_lens,
+        "cu_steps": cu_steps,
+        "step_positions": step_positions,
+        "outcome": torch.tensor([item["outcome"] for item in encoded], dtype=torch.bool),
+        "first_error": torch.tensor([item["first_error"] for item in encoded], dtype=torch.long),
+    }
+
+
 def hard_step_labels(cu_steps: torch.Tensor, outcome: torch.Tensor, first_error: torch.Tensor) -> torch.Tensor:
     """[N] float32 PRM labels from the packed CRM labels: 1 for the steps before a trajectory's first
     wrong step z, 0 from z on; every step of a correct trajectory 1. A flawed trajectory whose z is
@@ -192,9 +214,11 @@ def hard_step_labels(cu_steps: torch.Tensor, outcome: torch.Tensor, first_error:
 
 
 class PRMCollator:
-    """DataLoader collate_fn: records (TRL or Math-Shepherd) or PRMExamples -> `collate`'s batch."""
+    """DataLoader collate_fn: records (TRL or Math-Shepherd) or PRMExamples -> `collate`'s padded
+    batch, or with padding_free=True `collate_packed`'s single row."""
 
-    def __init__(self, tokenizer, step_tag: str, padding_side: str = "right"):
+    def __init__(self, tokenizer, step_tag: str, padding_side: str = "right", *, padding_free: bool = False):
+        self.padding_free = bool(padding_free)
         self.tokenizer = tokenizer
         self.step_tag = step_tag
         self.step_token_id = step_token_id(tokenizer, step_tag)
@@ -206,4 +230,6 @@ class PRMCollator:
 
     def __call__(self, records) -> dict:
         encoded = [encode(record, self.tokenizer, self.step_tag) for record in records]
+        if self.padding_free:
+            return collate_packed(encoded, self.step_token_id)
         return collate(encoded, self.pad_token_id, self.step_token_id, self.padding_side)

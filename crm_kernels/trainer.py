@@ -1,4 +1,6 @@
-"""Training a ConditionalRewardModel: a plain PyTorch loop over PRM examples.
+"""Training a ConditionalRewardModel: a plain PyTorch loop over PRM examples, and `CRMTrainer`
+(`transformers.Trainer` for any objective, padded or padding-free batches, the loss normalized
+over the whole optimizer step; crm_kernels/_hf_trainer.py), loaded on first use.
 
 `train` is the loop the examples (python/train_crm.py, python/grpo_crm.py) and the task helpers
 (`crm_kernels.tasks`) share: AdamW with a one-cycle schedule, gradient clipping at 1, shuffled
@@ -62,3 +64,12 @@ def train(model, collator, examples: Sequence, *, steps: int, batch_size: int, l
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
     return losses
+
+
+def __getattr__(name):
+    # The transformers Trainer subclass loads on first use: this module's loop needs only torch.
+    if name in ("CRMTrainer", "CRMTrainingArguments"):
+        from . import _hf_trainer
+
+        return getattr(_hf_trainer, name)
+    raise AttributeError(f"module 'crm_kernels.trainer' has no attribute {name!r}")

@@ -263,3 +263,55 @@ def test_every_objective_learns_the_arithmetic_task(objective):
     correct, flawed = score[held_out["outcome"]], score[~held_out["outcome"]]
     pairs_ordered = (correct[:, None] > flawed[None, :]).float().mean()
     assert pairs_ordered > 0.85, float(pairs_ordered)
+
+
+@pytest.mark.parametrize("backbone", ["llama", "gpt2"])
+def test_padding_free_equals_padding(backbone, seed):
+    """Sequences packed into one row (HF DataCollatorWithFlattening's layout, position ids
+    restarting) give the padded batch's hazard logits, scores, loss and gradients to float
+    tolerance: without flash attention the model builds a block-diagonal mask."""
+    from crm_kernels.data import collate, collate_packed
+
+    make = {"llama": lambda: llama(seed=seed), "gpt2": gpt2}[backbone]
+    model = ConditionalRewardModel(make(), TAG)
+    torch.nn.init.normal_(model.value_head.weight)
+    rows = random_rows(seed)
+    lengths = torch.tensor([int((row == TAG).sum()) for row in rows])
+    encoded = [{"input_ids": row.tolist(), "outcome": bool(i % 2 == 0 or n == 0), "first_error": -1}
+               for i, (row, n) in enumerate(zip(rows, lengths.tolist()))]  # fmt: skip
+    padded_batch = collate(encoded, PAD, TAG)
+    packed_batch = collate_packed(encoded, TAG)
+    assert packed_batch["input_ids"].shape == (1, sum(len(row) for row in rows))
+    outputs, grads = [], []
+    for batch, kwargs in ((padded_batch, {"attention_mask": padded_batch["attention_mask"]}),
+                          (packed_batch, {"cu_seq_lens": packed_batch["cu_seq_lens"]})):  # fmt: skip
+        model.zero_grad()
+        output = model(batch["input_ids"], **kwargs)
+        model.loss(output, batch["outcome"], batch["first_error"]).backward()
+        outputs.append(output)
+        grads.append(model.value_head.weight.grad.clone())
+    padded, packed = outputs
+    assert torch.equal(padded.cu_steps, packed.cu_steps) and torch.equal(packed.cu_steps, packed_batch["cu_steps"])
+    torch.testing.assert_close(packed.hazard_logits, padded.hazard_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed.score, padded.score, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="takes no attention_mask"):
+        model(packed_batch["input_ids"], packed_batch["input_ids"], cu_seq_lens=packed_batch["cu_seq_lens"])
+
+
+def test_prm_collator_padding_free_feeds_the_model():
+    from crm_kernels.data import PRMCollator
+    from crm_kernels.tasks import arithmetic
+
+    tokenizer = arithmetic.build_tokenizer()
+    model = arithmetic.small_model(tokenizer, seed=0).eval()
+    examples = [s.example for s in arithmetic.make_dataset(6, seed=3)]
+    padded = PRMCollator(tokenizer, arithmetic.STEP_TAG)(examples)
+    packed = PRMCollator(tokenizer, arithmetic.STEP_TAG, padding_free=True)(examples)
+    assert set(packed) == {"input_ids", "position_ids", "cu_seq_lens", "cu_steps", "step_positions", "outcome",
+                           "first_error"}  # fmt: skip
+    assert torch.equal(packed["cu_steps"], padded["cu_steps"]) and torch.equal(packed["outcome"], padded["outcome"])
+    with torch.no_grad():
+        from_padded = model(padded["input_ids"], padded["attention_mask"])
+        from_packed = model(packed["input_ids"], cu_seq_lens=packed["cu_seq_lens"])
+    torch.testing.assert_close(from_packed.hazard_logits, from_padded.hazard_logits, rtol=1e-5, atol=1e-5)

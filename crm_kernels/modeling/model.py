@@ -8,13 +8,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from .. import ops, scoring
 from ..data import hard_step_labels
 from ..segment import segment_ids, segment_last
-from ..step_tags import find_step_ends
+from ..step_tags import find_step_ends, find_step_ends_packed
 from .causal import sees_later_tokens, text_config
 from .heads import HEADS, TokenHead, ValueHead
 
@@ -111,12 +112,22 @@ class ConditionalRewardModel(nn.Module):
         return self.score_head(step_hidden)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, past_key_values=None,
-                use_cache: bool = False, **backbone_kwargs) -> CRMOutput:  # fmt: skip
+                use_cache: bool = False, cu_seq_lens: Tensor | None = None, **backbone_kwargs) -> CRMOutput:  # fmt: skip
         """Scores every step tag of `input_ids` [B, L].
 
         With `past_key_values`, input_ids holds only the new tokens and attention_mask covers the
         cached ones too (as in transformers); steps and positions then refer to the new tokens.
+
+        Padding-free: `input_ids` [1, T] holds the sequences back to back (HF's
+        `DataCollatorWithFlattening` layout, `data.PRMCollator(..., padding_free=True)`) and
+        `cu_seq_lens` [B + 1] their offsets; position ids restart at each sequence. A backbone on a
+        flash-attention implementation keeps the sequences apart by those position ids; any other
+        gets a block-diagonal causal mask of T x T (transformers' sdpa and eager attention read
+        position ids as positions only). step_positions then index the T packed tokens.
         """
+        if cu_seq_lens is not None:
+            return self._forward_packed(input_ids, cu_seq_lens, attention_mask, past_key_values, use_cache,
+                                        backbone_kwargs)  # fmt: skip
         if attention_mask is not None and "position_ids" not in backbone_kwargs and self._takes_position_ids:
             # Count positions from each row's first real token, so that a left-padded row is read
             # exactly as the same row right-padded (transformers' generate() does the same).
@@ -128,8 +139,12 @@ class ConditionalRewardModel(nn.Module):
         step_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1]:]
         cu_steps, step_positions = find_step_ends(input_ids, step_mask, self.step_token_ids)
         rows = segment_ids(cu_steps, step_positions.numel())
-        hazard_logits = self.hazard_logits(outputs.last_hidden_state[rows, step_positions])
-        # The offsets were built here from a mask, so they are valid by construction.
+        return self._output(outputs.last_hidden_state[rows, step_positions], cu_steps, step_positions,
+                            outputs.past_key_values if use_cache else None)  # fmt: skip
+
+    def _output(self, step_hidden: Tensor, cu_steps: Tensor, step_positions: Tensor, past_key_values) -> CRMOutput:
+        hazard_logits = self.hazard_logits(step_hidden)
+        # The offsets were built here from a mask or valid sequence offsets: valid by construction.
         log_survival = ops.log_survival(hazard_logits, cu_steps, validate=False)
         return CRMOutput(
             hazard_logits=hazard_logits,
@@ -137,8 +152,27 @@ class ConditionalRewardModel(nn.Module):
             step_positions=step_positions,
             log_survival=log_survival,
             score=segment_last(log_survival, cu_steps, empty=0.0, validate=False),
-            past_key_values=outputs.past_key_values if use_cache else None,
+            past_key_values=past_key_values,
         )
+
+    def _forward_packed(self, input_ids: Tensor, cu_seq_lens: Tensor, attention_mask, past_key_values, use_cache,
+                        backbone_kwargs) -> CRMOutput:  # fmt: skip
+        if attention_mask is not None or past_key_values is not None or use_cache:
+            raise ValueError("cu_seq_lens (padding-free input) takes no attention_mask, past_key_values or use_cache")
+        cu_steps, step_positions = find_step_ends_packed(input_ids, cu_seq_lens, self.step_token_ids)
+        input_ids = input_ids.reshape(1, -1)
+        tokens = input_ids.shape[1]
+        sequence = segment_ids(cu_seq_lens, tokens)
+        position_ids = torch.arange(tokens, device=input_ids.device) - cu_seq_lens[:-1].long()[sequence]
+        backbone_kwargs.setdefault("position_ids", position_ids[None])
+        attention = str(getattr(self.backbone.config, "_attn_implementation", "") or "")
+        if "flash" not in attention:
+            index = torch.arange(tokens, device=input_ids.device)
+            allowed = (sequence[:, None] == sequence[None, :]) & (index[None, :] <= index[:, None])
+            dtype = next(self.backbone.parameters()).dtype
+            backbone_kwargs["attention_mask"] = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+        outputs = self.backbone.base_model(input_ids=input_ids, **backbone_kwargs)
+        return self._output(outputs.last_hidden_state[0, step_positions], cu_steps, step_positions, None)
 
     def loss(self, output: CRMOutput, outcome: Tensor, first_error: Tensor | None = None, *,
              step_labels: Tensor | None = None, **loss_kwargs):  # fmt: skip

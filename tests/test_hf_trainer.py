@@ -1,0 +1,86 @@
+"""crm_kernels.trainer.CRMTrainer on the real transformers.Trainer (no stand-in): one optimizer step
+of plain SGD (lr 1, no clipping, no weight decay), so that each parameter moves by exactly its
+gradient, compared with the gradient of the objective's mean over the whole batch computed by hand.
+Data-parallel normalization (the count gathered across ranks) is not run here: it needs a
+multi-process Trainer launch, which this suite does not do yet."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from crm_kernels import ConditionalRewardModel  # noqa: E402
+from crm_kernels.data import PRMCollator  # noqa: E402
+from crm_kernels.tasks import arithmetic  # noqa: E402
+from crm_kernels.trainer import CRMTrainer, CRMTrainingArguments  # noqa: E402
+
+TOKENIZER = arithmetic.build_tokenizer()
+EXAMPLES = [s.example for s in arithmetic.make_dataset(5, seed=4)]
+
+
+def one_step(objective, tmp_path, *, padding_free=False, accumulation=2, batch_size=3):
+    """Parameter moves of one Trainer step over EXAMPLES: micro-batches of 3 and 2 trajectories."""
+    model = arithmetic.small_model(TOKENIZER, seed=0, objective=objective)
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    args = CRMTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+        max_steps=1, learning_rate=1.0, optim="sgd", weight_decay=0.0, max_grad_norm=0.0, warmup_steps=0,
+        lr_scheduler_type="constant", report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
+    )  # fmt: skip
+    collator = PRMCollator(TOKENIZER, arithmetic.STEP_TAG, padding_free=padding_free)
+    CRMTrainer(model=model, args=args, train_dataset=EXAMPLES, data_collator=collator).train()
+    return {name: before[name] - parameter.detach() for name, parameter in model.named_parameters()}
+
+
+def whole_batch_gradient(objective):
+    model = arithmetic.small_model(TOKENIZER, seed=0, objective=objective)
+    batch = PRMCollator(TOKENIZER, arithmetic.STEP_TAG)(EXAMPLES)
+    output = model(batch["input_ids"], batch["attention_mask"])
+    model.loss(output, batch["outcome"], batch["first_error"]).backward()  # the mean over the batch
+    return {name: parameter.grad.detach().clone() for name, parameter in model.named_parameters()}, model, batch
+
+
+def assert_same(moves, gradients):
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(moves[name], gradient, rtol=2e-4, atol=2e-6, msg=name)
+
+
+@pytest.mark.parametrize("objective", ["crm", "prm", "orm", "pqm"])
+def test_accumulated_step_is_the_whole_batch_mean(objective, tmp_path):
+    """Two micro-batches of unequal size (3 and 2 trajectories, and different step counts for PRM):
+    the step's gradient is that of the mean over all 5, not a mean of the two means."""
+    gradients, model, batch = whole_batch_gradient(objective)
+    assert_same(one_step(objective, tmp_path), gradients)
+
+    # The test can fail: the mean of the micro-batch means moves the head differently.
+    head = model.value_head.weight
+    naive = torch.zeros_like(head)
+    for part in (slice(0, 3), slice(3, 5)):
+        sub = PRMCollator(TOKENIZER, arithmetic.STEP_TAG)(EXAMPLES[part])
+        head.grad = None
+        output = model(sub["input_ids"], sub["attention_mask"])
+        (model.loss(output, sub["outcome"], sub["first_error"]) / 2).backward()
+        naive += head.grad
+    assert not torch.allclose(naive, gradients["value_head.weight"], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["crm", "pqm"])
+def test_padding_free_batches_train_the_same(objective, tmp_path):
+    gradients, _, _ = whole_batch_gradient(objective)
+    assert_same(one_step(objective, tmp_path, padding_free=True), gradients)
+
+
+def test_saves_the_model_and_refuses_what_it_cannot_train(tmp_path):
+    model = arithmetic.small_model(TOKENIZER, seed=0, objective="prm")
+    args = CRMTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = CRMTrainer(model=model, args=args, train_dataset=EXAMPLES,
+                         data_collator=PRMCollator(TOKENIZER, arithmetic.STEP_TAG))  # fmt: skip
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = ConditionalRewardModel.from_pretrained(str(tmp_path / "saved"))
+    assert loaded.objective == "prm"
+    torch.testing.assert_close(loaded.value_head.weight, model.value_head.weight)
+    with pytest.raises(TypeError, match="model must be a ConditionalRewardModel"):
+        CRMTrainer(model=torch.nn.Linear(2, 2), args=args)
+    with pytest.raises(ValueError, match="remove_unused_columns must be False"):
+        CRMTrainer(model=model, args=CRMTrainingArguments(output_dir=str(tmp_path), remove_unused_columns=True,
+                                                          report_to=[], use_cpu=True))  # fmt: skip
