@@ -158,9 +158,13 @@ def collate(encoded: Sequence[dict], pad_token_id: int, step_token_ids, padding_
     attention_mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True,
                                                      padding_side=padding_side)  # fmt: skip
     cu_steps, step_positions = find_step_ends(input_ids, attention_mask, step_token_ids)
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            **_packed_labels(encoded, cu_steps, step_positions)}  # fmt: skip
+
+
+def _packed_labels(encoded: Sequence[dict], cu_steps: torch.Tensor, step_positions: torch.Tensor) -> dict:
+    """The packed CRM labels every collated batch carries beside its tokens."""
     return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
         "cu_steps": cu_steps,
         "step_positions": step_positions,
         "outcome": torch.tensor([item["outcome"] for item in encoded], dtype=torch.bool),
@@ -179,15 +183,8 @@ def collate_packed(encoded: Sequence[dict], step_token_ids) -> dict:
     input_ids = torch.cat(rows)[None] if rows else torch.zeros(1, 0, dtype=torch.long)
     position_ids = torch.cat([torch.arange(n) for n in lengths.tolist()])[None] if rows else input_ids.clone()
     cu_steps, step_positions = find_step_ends_packed(input_ids, cu_seq_lens, step_token_ids)
-    return {
-        "input_ids": input_ids,
-        "position_ids": position_ids,
-        "cu_seq_lens": cu_seq_lens,
-        "cu_steps": cu_steps,
-        "step_positions": step_positions,
-        "outcome": torch.tensor([item["outcome"] for item in encoded], dtype=torch.bool),
-        "first_error": torch.tensor([item["first_error"] for item in encoded], dtype=torch.long),
-    }
+    return {"input_ids": input_ids, "position_ids": position_ids, "cu_seq_lens": cu_seq_lens,
+            **_packed_labels(encoded, cu_steps, step_positions)}  # fmt: skip
 
 
 def hard_step_labels(cu_steps: torch.Tensor, outcome: torch.Tensor, first_error: torch.Tensor) -> torch.Tensor:
