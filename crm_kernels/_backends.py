@@ -9,8 +9,9 @@ names a kernel.
             TRITON_INTERPRET=1, for testing).
 - "cuda":   the CUDA kernels of csrc/cuda, CUDA tensors; needs the extension built with CUDA.
 
-Each backend provides the same four functions (log_survival_forward/backward,
-crm_loss_forward/backward); the torch.library ops of crm_kernels/ops/ call them, whatever the backend.
+Each backend provides <op>_forward and <op>_backward for the ops it implements (_IMPLEMENTS: all of
+OPS, except the CUDA backend, which has log_survival and crm_loss only); the torch.library ops of
+crm_kernels/ops/ call them, whatever the backend.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ _COMPILED_KERNELS = _CompiledKernels()
 
 
 def kernels(backend: str):
-    """The module of kernel functions for a backend: the four functions of every backend above."""
+    """The module of kernel functions for a backend: its <op>_forward / <op>_backward (see above)."""
     if backend == "triton":
         from crm_kernels import _triton as triton_kernels
 
