@@ -137,23 +137,31 @@ def check_values(logits: torch.Tensor, cu_steps: torch.Tensor, outcome=None, fir
     lengths = cu_steps[1:] - cu_steps[:-1]
     rules = _offset_rules(cu_steps, "cu_steps", logits.numel(), "len(logits)")
     if outcome is not None:
-        not_binary = (outcome != 0) & (outcome != 1)
         empty_flawed = (outcome == 0) & (lengths == 0)
         rules += [
-            ("outcome must be 0 or 1", not_binary.any(), lambda: _entry("outcome", outcome, not_binary)),
+            _binary_outcome_rule(outcome),
             ("a flawed trajectory (outcome 0) has no L_W when it is empty", empty_flawed.any(),
              lambda: f"trajectory {_first(empty_flawed)} has outcome 0 and no steps"),
         ]  # fmt: skip
         if first_error is not None:
-            out_of_range = (first_error < -1) | (first_error >= lengths)
             on_correct = (outcome != 0) & (first_error != -1)
             rules += [
-                ("first_error must be in [-1, n_i)", out_of_range.any(),
-                 lambda: _entry("first_error", first_error, out_of_range, lengths)),
+                _first_error_range_rule(first_error, lengths),
                 ("first_error must be -1 on a correct trajectory (outcome 1)", on_correct.any(),
                  lambda: _entry("first_error", first_error, on_correct)),
             ]  # fmt: skip
     _raise_first_failure(rules)
+
+
+def _binary_outcome_rule(outcome: torch.Tensor):
+    not_binary = (outcome != 0) & (outcome != 1)
+    return ("outcome must be 0 or 1", not_binary.any(), lambda: _entry("outcome", outcome, not_binary))
+
+
+def _first_error_range_rule(first_error: torch.Tensor, lengths: torch.Tensor):
+    out_of_range = (first_error < -1) | (first_error >= lengths)
+    return ("first_error must be in [-1, n_i)", out_of_range.any(),
+            lambda: _entry("first_error", first_error, out_of_range, lengths))  # fmt: skip
 
 
 def check_step_labels(step_labels, logits: torch.Tensor) -> torch.Tensor:
@@ -180,17 +188,14 @@ def check_objective_values(logits: torch.Tensor, cu_steps: torch.Tensor, *, step
         rules.append(("step_labels must be in [0, 1]", ~((lowest >= 0) & (highest <= 1)),
                       lambda: _entry("step_labels", step_labels, ~((step_labels >= 0) & (step_labels <= 1)))))  # fmt: skip
     if outcome is not None:
-        not_binary = (outcome != 0) & (outcome != 1)
         empty = lengths == 0
         rules += [
-            ("outcome must be 0 or 1", not_binary.any(), lambda: _entry("outcome", outcome, not_binary)),
+            _binary_outcome_rule(outcome),
             ("orm_loss reads each trajectory's last step, and an empty trajectory has none", empty.any(),
              lambda: f"trajectory {_first(empty)} has no steps"),
         ]  # fmt: skip
     if first_error is not None:
-        out_of_range = (first_error < -1) | (first_error >= lengths)
-        rules.append(("first_error must be in [-1, n_i)", out_of_range.any(),
-                      lambda: _entry("first_error", first_error, out_of_range, lengths)))  # fmt: skip
+        rules.append(_first_error_range_rule(first_error, lengths))
     _raise_first_failure(rules)
 
 
