@@ -318,15 +318,19 @@ def check_step_token_index(step_token_index, step_values: torch.Tensor, seq_len:
         raise ValueError(f"step_token_index[{bad}] = {int(step_token_index[bad])} is outside [0, seq_len = {seq_len})")
 
 
-def check_step_scores(step_values: torch.Tensor, how: str) -> None:
-    """Step scores in [0, 1] (NaN passes, to its trajectory), one sync: hazard logits passed as
-    scores gave NaN for "product" and meaningless numbers for the other aggregations."""
-    outside = (step_values < 0) | (step_values > 1)
+def check_probabilities(values: torch.Tensor, name: str, hint: str = "") -> None:
+    """Values in [0, 1] (NaN passes, to its trajectory), one sync."""
+    outside = (values < 0) | (values > 1)
     if bool(outside.any()):
         i = _first(outside)
-        raise ValueError(f"step_values must be step scores in [0, 1] for how={how!r} (scoring.step_scores(hazard_logits) "
-                         f"for a CRM), got step_values[{i}] = {float(step_values[i])}; hazard logits take "
-                         "how='log_survival'")  # fmt: skip
+        raise ValueError(f"{name} must be probabilities in [0, 1], got {name}[{i}] = {float(values[i])}{hint}")
+
+
+def check_step_scores(step_values: torch.Tensor, how: str) -> None:
+    """Step scores in [0, 1]: hazard logits passed as scores gave NaN for "product" and
+    meaningless numbers for the other aggregations."""
+    check_probabilities(step_values, "step_values", f" for how={how!r} (scoring.step_scores(hazard_logits) for a "
+                        "CRM); hazard logits take how='log_survival'")  # fmt: skip
 
 
 def check_token_ids(input_ids, name: str = "input_ids") -> None:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import ops
 from ._numerics import accumulate_dtype, softplus
-from ._validate import check_choice, check_cu_steps, check_logits, check_segments, check_step_scores
+from ._validate import check_choice, check_cu_steps, check_logits, check_probabilities, check_segments, check_step_scores
 from .segment import (
     lengths,
     segment_argmax,
@@ -68,16 +68,34 @@ def log_first_error_probability(hazard_logits: Tensor, cu_steps: Tensor, *, vali
     wrong one (SPEC 1). log S(t - 1) is read from the step before, not recovered as
     log S(t) - log(1 - h(t)), which cancels for confident hazards."""
     log_survival = ops.log_survival(hazard_logits, cu_steps, validate=validate)
-    positions = torch.arange(log_survival.numel(), device=log_survival.device)
-    starts = cu_steps[:-1].long()[segment_ids(cu_steps, log_survival.numel())]
-    before = torch.where(positions > starts, log_survival[(positions - 1).clamp(min=0)], 0.0)
-    return before - softplus(-hazard_logits.to(log_survival.dtype))
+    return _previous_step(log_survival, cu_steps, first=0.0) - softplus(-hazard_logits.to(log_survival.dtype))
+
+
+def _previous_step(values: Tensor, cu_steps: Tensor, first: float) -> Tensor:
+    """[N] each step's predecessor in its own trajectory; `first` for a trajectory's first step."""
+    positions = torch.arange(values.numel(), device=values.device)
+    starts = cu_steps[:-1].long()[segment_ids(cu_steps, values.numel())]
+    return torch.where(positions > starts, values[(positions - 1).clamp(min=0)], first)
 
 
 def most_likely_first_error(hazard_logits: Tensor, cu_steps: Tensor, *, validate: bool = True) -> Tensor:
     """[B] int64 argmax_t p(z = t) within each trajectory (0-based step), -1 for one without steps."""
     log_p = log_first_error_probability(hazard_logits, cu_steps, validate=validate)
     best = segment_argmax(log_p, cu_steps, validate=False)
+    return torch.where(best >= 0, best - cu_steps[:-1].long(), -1)
+
+
+def largest_drop(prefix_scores: Tensor, cu_steps: Tensor, *, validate: bool = True) -> Tensor:
+    """[B] int64 0-based step at which each trajectory's prefix score falls most (from 1 before
+    its first step), -1 for one without steps: where a verifier whose step scores are the
+    probability that the prefix so far is right (a PRM's, an ORM's or a PQM's sigmoid) places the
+    first wrong step. For a CRM, prefix_scores = S(t) gives `most_likely_first_error`, which
+    computes it without cancellation."""
+    check_segments(prefix_scores, cu_steps, validate, values_name="prefix_scores", offsets_name="cu_steps")
+    if validate:
+        check_probabilities(prefix_scores, "prefix_scores")
+    values = prefix_scores.to(accumulate_dtype(prefix_scores.dtype))
+    best = segment_argmax(_previous_step(values, cu_steps, first=1.0) - values, cu_steps, validate=False)
     return torch.where(best >= 0, best - cu_steps[:-1].long(), -1)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import make_batch
 
+import crm_kernels
 from crm_kernels import reference, scoring
 
 
@@ -91,6 +92,26 @@ def test_first_error_probability_matches_float64(scale, seed):
     assert scoring.most_likely_first_error(batch.logits, batch.cu_steps).tolist() == located
 
 
+def test_largest_drop_matches_a_loop(seed):
+    """The step where each trajectory's prefix score falls most from the one before (1 before the
+    first step), ties to the earlier step; on S(t) it is the CRM's most likely first error."""
+    batch = make_batch(seed, torch.float64, batch=30, scale=3.0)
+    prefix = torch.sigmoid(batch.logits)
+    expected = []
+    for start, end in zip(batch.cu_steps[:-1].tolist(), batch.cu_steps[1:].tolist()):
+        values = [1.0] + prefix[start:end].tolist()
+        drops = [values[t] - values[t + 1] for t in range(end - start)]
+        expected.append(max(range(len(drops)), key=lambda t: (drops[t], -t)) if drops else -1)
+    assert scoring.largest_drop(prefix, batch.cu_steps).tolist() == expected
+    survival = torch.exp(crm_kernels.log_survival(batch.logits, batch.cu_steps))
+    assert torch.equal(scoring.largest_drop(survival, batch.cu_steps),
+                       scoring.most_likely_first_error(batch.logits, batch.cu_steps))
+    with pytest.raises(ValueError, match=r"prefix_scores must be probabilities in \[0, 1\], got prefix_scores\[\d+\]"):
+        scoring.largest_drop(batch.logits * 10, batch.cu_steps)
+    with pytest.raises(ValueError, match="cu_steps"):
+        scoring.largest_drop(prefix, batch.cu_steps[:-1] + 1)
+
+
 def test_first_error_probabilities_sum_to_one_minus_survival(seed):
     batch = make_batch(seed, torch.float64, batch=30, scale=3.0)
     log_p = scoring.log_first_error_probability(batch.logits, batch.cu_steps)
@@ -143,7 +164,7 @@ def test_aggregate_takes_step_scores_not_logits(how, seed):
     batch = make_batch(seed, torch.float32, scale=3.0)
     logits = batch.logits.clone()
     logits[int(batch.cu_steps[2])] = -4.0  # surely outside [0, 1]
-    with pytest.raises(ValueError, match=r"step_values must be step scores in \[0, 1\].*step_values\[\d+\] = "):
+    with pytest.raises(ValueError, match=r"step_values must be probabilities in \[0, 1\], got step_values\[\d+\] = "):
         scoring.aggregate(logits, batch.cu_steps, how)
     scores = scoring.step_scores(batch.logits)
     scores[0] = float("nan")  # NaN is not out of range: it stays in its trajectory

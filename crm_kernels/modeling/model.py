@@ -206,6 +206,16 @@ class ConditionalRewardModel(nn.Module):
         probabilities = output.hazard_logits.float().sigmoid()
         return scoring.aggregate(probabilities, output.cu_steps, RANKED_BY[self.objective], validate=False)
 
+    def first_error(self, output: CRMOutput) -> Tensor:
+        """[B] int64 the step this objective places each trajectory's first mistake at (0-based,
+        -1 for a row without steps): argmax_t p(z = t) for CRM (`scoring.most_likely_first_error`);
+        for the baselines, whose sigmoid is a probability that the prefix so far is right (PRM's
+        step label, ORM's outcome read at every step, PQM's Q-value), the step where it falls
+        most (`scoring.largest_drop`)."""
+        if self.objective == "crm":
+            return scoring.most_likely_first_error(output.hazard_logits, output.cu_steps, validate=False)
+        return scoring.largest_drop(output.hazard_logits.float().sigmoid(), output.cu_steps, validate=False)
+
     # -----------------------------------------------------------------------------------------
     def _settings(self) -> dict:
         return {
