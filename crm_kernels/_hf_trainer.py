@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 
+from . import evaluation
 from .modeling import ConditionalRewardModel
+from .segment import segment_sum
+from .trainer import forward
 
 
 @dataclass
@@ -64,10 +67,7 @@ class CRMTrainer(transformers.Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         crm = self.accelerator.unwrap_model(model)
-        if "cu_seq_lens" in inputs:
-            output = model(inputs["input_ids"], cu_seq_lens=inputs["cu_seq_lens"])
-        else:
-            output = model(inputs["input_ids"], inputs["attention_mask"])
+        output = forward(model, inputs)
         count = num_items_in_batch if num_items_in_batch is not None else self.units(crm.objective, inputs)
         # DDP averages the ranks' gradients: each rank's share of the global mean is its sum over
         # (global count / world size). At least one unit, so that a step without any gives 0.
@@ -75,6 +75,44 @@ class CRMTrainer(transformers.Trainer):
         loss = crm.loss(output, inputs["outcome"], inputs["first_error"], reduction="sum", normalizer=normalizer,
                         **self.args.loss_kwargs)  # fmt: skip
         return (loss, output) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """The held-out loss (the objective's mean over the units of the whole evaluation set),
+        first-error localization over the flawed trajectories whose first wrong step is known, and,
+        when the records carry a `group` (a prompt's sampled candidates), Best-of-N over the groups:
+        `crm_kernels.evaluation`'s metrics, named `{metric_key_prefix}_...`. Data-parallel ranks
+        evaluate their shares and the metrics are over all of them."""
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        crm = self.accelerator.unwrap_model(self.model)
+        crm.eval()
+        gathered: dict[str, list] = {}
+        with torch.no_grad():
+            for batch in dataloader:
+                batch = self._prepare_inputs(batch)
+                predictions, output = evaluation.batch_predictions(crm, batch)
+                loss = crm.loss(output, batch["outcome"], batch["first_error"], reduction="none", **self.args.loss_kwargs)
+                if crm.objective == "prm":  # per step: each trajectory's sum, and its steps as its units
+                    loss = segment_sum(loss, output.cu_steps, validate=False)
+                columns = {"loss": loss.double(), "units": predictions.step_counts if crm.objective == "prm" else
+                           torch.ones_like(predictions.step_counts), **vars(predictions)}  # fmt: skip
+                if "group" in batch:
+                    columns["group"] = batch["group"]
+                for name, column in self.accelerator.gather_for_metrics(columns).items():
+                    gathered.setdefault(name, []).append(column.cpu())
+        columns = {name: torch.cat(parts) for name, parts in gathered.items()}
+        metrics = {"loss": (columns["loss"].sum() / columns["units"].sum().clamp(min=1)).item()}
+        metrics.update(evaluation.localization(columns["first_error_predicted"], columns["first_error"],
+                                               columns["step_counts"]))  # fmt: skip
+        if "group" in columns:
+            order = torch.sort(columns["group"], stable=True).indices
+            sizes = torch.unique_consecutive(columns["group"][order], return_counts=True)[1]
+            cu_groups = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+            best = evaluation.best_of_n(columns["ranking_score"][order], columns["outcome"][order], cu_groups)
+            metrics.update({f"best_of_n_{key}": value for key, value in best.items()})
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir

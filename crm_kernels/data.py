@@ -43,8 +43,12 @@ class PRMExample:
     steps: list[str]
     labels: list[bool] | None = None
     outcome: bool | None = None
+    group: int | None = None  # candidates sampled for one prompt share it (Best-of-N evaluation)
 
     def __post_init__(self):
+        if self.group is not None and (not isinstance(self.group, int) or isinstance(self.group, bool)
+                                       or self.group < 0):  # fmt: skip
+            raise ValueError(f"group must be None or a non-negative int, got {self.group!r}")
         if self.labels is not None:
             if len(self.labels) != len(self.steps):
                 raise ValueError(f"labels has {len(self.labels)} entries for {len(self.steps)} steps")
@@ -77,6 +81,7 @@ def from_trl(record: dict) -> PRMExample:
         steps=list(record["completions"]),
         labels=None if labels is None else [bool(label) for label in labels],
         outcome=record.get("outcome"),
+        group=record.get("group"),
     )
 
 
@@ -143,7 +148,8 @@ def encode(example, tokenizer, step_tag: str) -> dict:
         if tag_id in step_ids:
             raise ValueError(f"step {index} contains the step tag {step_tag!r} itself: {step!r}")
         input_ids += [*step_ids, tag_id]
-    return {"input_ids": input_ids, "outcome": bool(example.outcome), "first_error": example.first_error}
+    return {"input_ids": input_ids, "outcome": bool(example.outcome), "first_error": example.first_error,
+            "group": example.group}  # fmt: skip
 
 
 def collate(encoded: Sequence[dict], pad_token_id: int, step_token_ids, padding_side: str = "right") -> dict:
@@ -163,13 +169,20 @@ def collate(encoded: Sequence[dict], pad_token_id: int, step_token_ids, padding_
 
 
 def _packed_labels(encoded: Sequence[dict], cu_steps: torch.Tensor, step_positions: torch.Tensor) -> dict:
-    """The packed CRM labels every collated batch carries beside its tokens."""
-    return {
+    """The packed CRM labels every collated batch carries beside its tokens, and `group` [B] when
+    its examples carry one."""
+    labels = {
         "cu_steps": cu_steps,
         "step_positions": step_positions,
         "outcome": torch.tensor([item["outcome"] for item in encoded], dtype=torch.bool),
         "first_error": torch.tensor([item["first_error"] for item in encoded], dtype=torch.long),
     }
+    groups = [item.get("group") for item in encoded]
+    if any(group is not None for group in groups):
+        if any(group is None for group in groups):
+            raise ValueError("group: either every example of a batch carries one (Best-of-N evaluation) or none does")
+        labels["group"] = torch.tensor(groups, dtype=torch.long)
+    return labels
 
 
 def collate_packed(encoded: Sequence[dict], step_token_ids) -> dict:

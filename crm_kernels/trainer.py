@@ -35,10 +35,18 @@ def to_device(batch: dict, device) -> dict:
     return {key: value.to(device) for key, value in batch.items()}
 
 
+def forward(model, batch: dict):
+    """The model's output on a collated batch: padded (input_ids, attention_mask) or padding-free
+    (input_ids [1, T], cu_seq_lens; `data.PRMCollator(..., padding_free=True)`)."""
+    if "cu_seq_lens" in batch:
+        return model(batch["input_ids"], cu_seq_lens=batch["cu_seq_lens"])
+    return model(batch["input_ids"], batch["attention_mask"])
+
+
 def train(model, collator, examples: Sequence, *, steps: int, batch_size: int, lr: float, seed: int = 0,
           device="cpu", progress: bool = True) -> list[float]:  # fmt: skip
     """Trains `model` (a ConditionalRewardModel) on `examples` in place; returns the loss of every
-    step. `collator` turns a list of examples into the model's padded batch (`data.PRMCollator`)."""
+    step. `collator` turns a list of examples into the model's batch (`data.PRMCollator`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -53,7 +61,7 @@ def train(model, collator, examples: Sequence, *, steps: int, batch_size: int, l
                mininterval=1.0)  # fmt: skip
     for records in bar:
         batch = to_device(collator(records), device)
-        output = model(batch["input_ids"], batch["attention_mask"])
+        output = forward(model, batch)
         loss = model.loss(output, batch["outcome"], batch["first_error"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

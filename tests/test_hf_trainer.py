@@ -4,6 +4,7 @@ gradient, compared with the gradient of the objective's mean over the whole batc
 with gradient accumulation in one process, and on 2 gloo ranks under DDP (the Trainer's own
 distributed launch from environment variables, in spawned processes)."""
 
+import dataclasses
 import os
 import socket
 import time
@@ -18,7 +19,7 @@ import torch._dynamo  # noqa: F401, E402
 
 pytest.importorskip("transformers")
 
-from crm_kernels import ConditionalRewardModel  # noqa: E402
+from crm_kernels import ConditionalRewardModel, evaluation  # noqa: E402
 from crm_kernels.data import PRMCollator  # noqa: E402
 from crm_kernels.tasks import arithmetic  # noqa: E402
 from crm_kernels.trainer import CRMTrainer, CRMTrainingArguments  # noqa: E402
@@ -40,8 +41,9 @@ def one_step(objective, tmp_path, *, padding_free=False, accumulation=2, batch_s
         **arguments,
     )  # fmt: skip
     collator = PRMCollator(TOKENIZER, arithmetic.STEP_TAG, padding_free=padding_free)
-    CRMTrainer(model=model, args=args, train_dataset=examples, data_collator=collator).train()
-    return {name: before[name] - parameter.detach() for name, parameter in model.named_parameters()}
+    trainer = CRMTrainer(model=model, args=args, train_dataset=examples, data_collator=collator)
+    trainer.train()
+    return {name: before[name] - parameter.detach() for name, parameter in model.named_parameters()}, trainer
 
 
 def whole_batch_gradient(objective, examples=EXAMPLES):
@@ -62,7 +64,7 @@ def test_accumulated_step_is_the_whole_batch_mean(objective, tmp_path):
     """Two micro-batches of unequal size (3 and 2 trajectories, and different step counts for PRM):
     the step's gradient is that of the mean over all 5, not a mean of the two means."""
     gradients, model, batch = whole_batch_gradient(objective)
-    assert_same(one_step(objective, tmp_path), gradients)
+    assert_same(one_step(objective, tmp_path)[0], gradients)
 
     # The test can fail: the mean of the micro-batch means moves the head differently.
     head = model.value_head.weight
@@ -79,7 +81,53 @@ def test_accumulated_step_is_the_whole_batch_mean(objective, tmp_path):
 @pytest.mark.parametrize("objective", ["crm", "pqm"])
 def test_padding_free_batches_train_the_same(objective, tmp_path):
     gradients, _, _ = whole_batch_gradient(objective)
-    assert_same(one_step(objective, tmp_path, padding_free=True), gradients)
+    assert_same(one_step(objective, tmp_path, padding_free=True)[0], gradients)
+
+
+# Best-of-N groups: 4 problems of the hard task, 5 candidates each (20 records, batches of 6 leave a
+# short last one; on 2 ranks the sampler pads a rank's share with a repeat, which must not count).
+EVAL_EXAMPLES = [s.example for group in arithmetic.make_groups(4, 5, seed=6, mistakes=arithmetic.HARD)[1]
+                 for s in group]  # fmt: skip
+
+
+def expected_metrics(model, examples=EVAL_EXAMPLES) -> dict:
+    """The evaluation metrics of the whole evaluation set at once, from crm_kernels.evaluation."""
+    collator = PRMCollator(TOKENIZER, arithmetic.STEP_TAG)
+    predictions = evaluation.predict(model, collator, examples)
+    batch = collator(examples)
+    loss = model.loss(model(batch["input_ids"], batch["attention_mask"]), batch["outcome"], batch["first_error"])
+    metrics = {"eval_loss": loss.item()}
+    metrics.update({f"eval_{key}": value for key, value in evaluation.localization(
+        predictions.first_error_predicted, predictions.first_error, predictions.step_counts).items()})  # fmt: skip
+    sizes = torch.unique_consecutive(batch["group"], return_counts=True)[1]
+    best = evaluation.best_of_n(predictions.ranking_score, predictions.outcome, torch.cat([torch.zeros(1), sizes.cumsum(0)]).long())
+    metrics.update({f"eval_best_of_n_{key}": value for key, value in best.items()})
+    return metrics
+
+
+def assert_same_metrics(got: dict, expected: dict):
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("objective", ["crm", "prm", "orm", "pqm"])
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_evaluate_gives_the_whole_sets_metrics(objective, padding_free, tmp_path):
+    """Loss, localization and Best-of-N over batches of 6 equal those of the 20 records at once."""
+    model = arithmetic.small_model(TOKENIZER, seed=1, objective=objective)
+    args = CRMTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=6, report_to=[], use_cpu=True,
+                                disable_tqdm=True)  # fmt: skip
+    collator = PRMCollator(TOKENIZER, arithmetic.STEP_TAG, padding_free=padding_free)
+    metrics = CRMTrainer(model=model, args=args, eval_dataset=EVAL_EXAMPLES, data_collator=collator).evaluate()
+    expected = expected_metrics(model)
+    assert_same_metrics(metrics, expected)
+    assert 0 < expected["eval_flawed_with_known_first_error"] < 20
+    assert expected["eval_best_of_n_random"] < expected["eval_best_of_n_oracle"]
+    # Without groups there is no Best-of-N, and the prefix is the caller's.
+    ungrouped = [dataclasses.replace(example, group=None) for example in EVAL_EXAMPLES]
+    metrics = CRMTrainer(model=model, args=args, data_collator=collator).evaluate(ungrouped, metric_key_prefix="dev")
+    assert metrics["dev_loss"] == pytest.approx(expected["eval_loss"], rel=1e-5)
+    assert not any("best_of_n" in key for key in metrics)
 
 
 def test_saves_the_model_and_refuses_what_it_cannot_train(tmp_path):
@@ -110,8 +158,13 @@ def rank_worker(rank, port, out_dir, objective):
     seen = []
     original = CRMTrainer.units
     CRMTrainer.units = staticmethod(lambda objective, batch: seen.append(original(objective, batch)) or seen[-1])
-    moves = one_step(objective, f"{out_dir}/rank{rank}", accumulation=1, examples=RANK_EXAMPLES, ddp_backend="gloo")
-    torch.save({"moves": moves, "local_units": seen}, f"{out_dir}/rank{rank}.pt")
+    moves, trainer = one_step(objective, f"{out_dir}/rank{rank}", accumulation=1, examples=RANK_EXAMPLES,
+                              ddp_backend="gloo")  # fmt: skip
+    # 19 records: the sampler repeats one to give each rank 10, and the repeat must not count.
+    metrics = trainer.evaluate(EVAL_EXAMPLES[:19])
+    expected = expected_metrics(trainer.accelerator.unwrap_model(trainer.model), EVAL_EXAMPLES[:19])
+    torch.save({"moves": moves, "local_units": seen, "metrics": metrics, "expected": expected},
+               f"{out_dir}/rank{rank}.pt")  # fmt: skip
     # Leave without destructors: tearing down a gloo group at exit can deadlock (tests/test_ddp.py).
     os._exit(0)
 
@@ -121,7 +174,7 @@ def rank_worker(rank, port, out_dir, objective):
 def test_two_ranks_take_the_global_mean(objective, tmp_path):
     """2 gloo ranks under the Trainer's DDP, 3 trajectories each: the step is the whole batch's
     mean. For PRM the ranks hold different numbers of steps, so each must divide by the gathered
-    count, not its own."""
+    count, not its own. Then evaluation on both ranks gives the metrics of the whole set."""
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -140,3 +193,4 @@ def test_two_ranks_take_the_global_mean(objective, tmp_path):
     gradients, _, _ = whole_batch_gradient(objective, RANK_EXAMPLES)
     for rank in ranks:
         assert_same(rank["moves"], gradients)
+        assert_same_metrics(rank["metrics"], rank["expected"])
