@@ -142,3 +142,78 @@ def test_collate(tokenizer, padding_side):
     real = batch["attention_mask"].bool()
     assert (batch["input_ids"][~real] == tokenizer.pad_token_id).all()
     assert (real[:, 0] if padding_side == "right" else real[:, -1]).all()
+
+
+def test_arithmetic_task_default_stream_is_pinned():
+    """The default task draws what it drew before the mistake kinds were added: the README's
+    figures and benchmarks/results/reward_hacking.json were measured on it."""
+    from crm_kernels.tasks import arithmetic
+
+    samples = arithmetic.make_dataset(4, 11, 0.5)
+    assert [s.example.steps for s in samples] == [
+        ["0-8=2", "2+3=5", "5-3=3", "3+8=1", "1-3=8", "8+9=7"],
+        ["5+1=5", "5+4=9", "9+8=7"],
+        ["8-1=7", "7+8=6", "6-7=9", "9+5=4", "4-4=0"],
+        ["6-2=4", "4+1=5", "5+4=9", "9+8=7", "7-7=9"],
+    ]
+    assert [s.first_error for s in samples] == [2, 0, 1, 4]
+    assert samples[2].example.labels is None  # hidden
+
+
+@pytest.mark.parametrize("kind", ["arithmetic", "copy", "misread"])
+def test_arithmetic_task_mistakes_are_of_their_kind(kind):
+    """Before the first wrong step z every step is right; step z is wrong the named way (its own
+    sum off; a right sum from the wrong value; a right sum with another operand than the
+    question's); later steps are right sums from the value written before; and the answer is
+    wrong exactly when there is a z."""
+    import random
+
+    from crm_kernels.tasks import arithmetic
+
+    rng = random.Random(7)
+    flawed = 0
+    for _ in range(400):
+        problem = arithmetic.make_problem(rng)
+        sample = arithmetic.sample(problem, rng, mistakes=(kind,))
+        value = problem.start
+        for index, (step, (op, operand)) in enumerate(zip(sample.example.steps, problem.operations)):
+            written_value, written_op, written_operand, result = int(step[0]), step[1], int(step[2]), int(step[4])
+            assert written_op == op
+            own_sum_right = arithmetic._apply(written_value, op, written_operand) == result
+            if index != sample.first_error:
+                assert own_sum_right and written_value == value and written_operand == operand, (index, sample)
+            elif kind == "arithmetic":
+                assert not own_sum_right and written_value == value and written_operand == operand
+            elif kind == "copy":
+                assert own_sum_right and written_value != value and written_operand == operand
+            else:
+                assert own_sum_right and written_value == value and written_operand != operand
+            value = result
+        assert sample.example.labels == [sample.first_error < 0 or t < sample.first_error
+                                         for t in range(len(problem.operations))]  # fmt: skip
+        assert (sample.answer == problem.answer) == (sample.first_error < 0) == sample.example.outcome
+        flawed += sample.first_error >= 0
+    assert 40 < flawed < 300
+    with pytest.raises(ValueError, match="mistakes must be a non-empty sequence of"):
+        arithmetic.make_dataset(3, 0, mistakes=("typo",))
+    with pytest.raises(ValueError, match="mistakes must be a non-empty sequence of"):
+        arithmetic.make_groups(3, 2, 0, mistakes=())
+
+
+def test_groups_travel_with_the_batch(tokenizer):
+    """A prompt's candidates share a `group` (Best-of-N evaluation); every example of a batch
+    carries one or none."""
+    from crm_kernels.tasks import arithmetic
+
+    _, groups = arithmetic.make_groups(3, 2, seed=1)
+    examples = [s.example for group in groups for s in group]
+    for collator in (data.PRMCollator(tokenizer, "<step>"), data.PRMCollator(tokenizer, "<step>", padding_free=True)):
+        assert collator(examples)["group"].tolist() == [0, 0, 1, 1, 2, 2]
+        assert "group" not in collator([data.PRMExample("Q 1", ["1+1=2"], [True])])
+        with pytest.raises(ValueError, match="group: either every example of a batch carries one"):
+            collator(examples + [data.PRMExample("Q 1", ["1+1=2"], [True])])
+    record = {"prompt": "Q 1", "completions": ["1+1=2"], "labels": [True], "group": 4}
+    assert data.to_example(record).group == 4
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="group must be None or a non-negative int"):
+            data.PRMExample("Q 1", ["1+1=2"], [True], group=bad)

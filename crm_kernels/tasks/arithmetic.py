@@ -3,9 +3,20 @@
 A problem is a start digit and a chain of operations mod 10 ("Q 3 +4 -2 +7"). A trajectory
 writes one step per operation, "3+4=7", each followed by the step tag. A sampled trajectory
 may get one step wrong (the first wrong step z); every later step is computed correctly from the
-wrong value it was given, so the final answer is wrong and z is known. Mistakes are mostly off by
-one, and problems differ in how error-prone they are, so wrong answers cluster and a majority vote
-is not trivially right on hard problems.
+wrong value it was given, so the final answer is wrong and z is known. Problems differ in how
+error-prone they are, so wrong answers cluster and a majority vote is not trivially right on hard
+problems.
+
+Three kinds of mistake (MISTAKES), all of which make the final answer wrong:
+- "arithmetic": the step's sum is off, mostly by one ("3+4=8"). The written equation alone gives it
+  away, so a small model learns it from the 1,800 step words (the default, and nearly saturated).
+- "copy": the step starts from another value than the previous step's result (or the question's
+  start digit); its own sum is right. Seeing it takes comparing two steps.
+- "misread": the step applies another operand than the question's operation at that place; its
+  own sum is right. Seeing it takes finding the question's matching operation.
+`HARD` mixes all three (python/compare_objectives.py --task hard). `small_model` learns the
+arithmetic slips within a minute but not the other two: at 600 to 2,000 steps, and with 4 layers
+of width 128, it locates them no better than the prior (step 0) does.
 
 Nothing here is downloaded: the vocabulary is ~1,850 words and the tokenizer is a word-level
 `tokenizers` model wrapped as a transformers `PreTrainedTokenizerFast`; `small_model` is a 2-layer
@@ -27,6 +38,8 @@ OPERATIONS = [f"{op}{b}" for op in "+-" for b in range(1, 10)]
 # are wrong within a minute on a CPU, while relations between separate tokens take it far longer.
 EQUATIONS = [f"{a}{op}={c}" for a in range(10) for op in OPERATIONS for c in range(10)]
 WORDS = ["Q"] + DIGITS + OPERATIONS + EQUATIONS
+MISTAKES = ("arithmetic", "copy", "misread")
+HARD = MISTAKES
 
 
 def build_tokenizer():
@@ -76,34 +89,69 @@ def make_problem(rng: random.Random, min_ops: int = 3, max_ops: int = 6) -> Prob
     return Problem(rng.randrange(10), operations, error_rate=rng.choice([0.04, 0.1, 0.2, 0.35]))
 
 
-def sample(problem: Problem, rng: random.Random, hide_first_error: bool = False) -> Sample:
-    """One trajectory: at most one wrong step, later steps consistent with the wrong value."""
+def _check_mistakes(mistakes) -> tuple[str, ...]:
+    mistakes = tuple(mistakes) if isinstance(mistakes, (list, tuple)) else mistakes
+    if not isinstance(mistakes, tuple) or not mistakes or any(kind not in MISTAKES for kind in mistakes):
+        raise ValueError(f"mistakes must be a non-empty sequence of {MISTAKES}, got {mistakes!r}")
+    return mistakes
+
+
+def write_step(problem: Problem, index: int, value: int, rng: random.Random, may_err: bool,
+               mistakes: tuple[str, ...] = ("arithmetic",)) -> tuple[str, int, bool]:  # fmt: skip
+    """Step `index` of a trajectory that reached `value`: its text, the value it writes, and
+    whether it is wrong (only if `may_err`, at the problem's error rate, of a kind in `mistakes`)."""
+    op, operand = problem.operations[index]
+    wrong = may_err and rng.random() < problem.error_rate
+    # One kind draws nothing, so the default keeps the random stream (and every figure) it had.
+    kind = None if not wrong else mistakes[0] if len(mistakes) == 1 else rng.choice(mistakes)
+    written_value, written_operand = value, operand
+    if kind == "copy":
+        written_value = (value + rng.choice([1, 9, 2, 8, 5])) % 10
+    elif kind == "misread":
+        written_operand = rng.choice([b for b in range(1, 10) if b != operand])
+    result = _apply(written_value, op, written_operand)
+    if kind == "arithmetic":
+        result = (result + rng.choice([1, 9, 1, 9, 2, 8, 5])) % 10  # mostly off by one
+    return f"{written_value}{op}{written_operand}={result}", result, wrong
+
+
+def sample(problem: Problem, rng: random.Random, hide_first_error: bool = False,
+           mistakes: tuple[str, ...] = ("arithmetic",)) -> Sample:  # fmt: skip
+    """One trajectory: at most one wrong step (of a kind drawn from `mistakes`), later steps
+    consistent with the wrong value."""
+    mistakes = _check_mistakes(mistakes)
     steps, labels, value, first_error = [], [], problem.start, -1
-    for index, (op, operand) in enumerate(problem.operations):
-        result = _apply(value, op, operand)
-        if first_error < 0 and rng.random() < problem.error_rate:
+    for index in range(len(problem.operations)):
+        step, value, wrong = write_step(problem, index, value, rng, first_error < 0, mistakes)
+        if wrong:
             first_error = index
-            result = (result + rng.choice([1, 9, 1, 9, 2, 8, 5])) % 10  # mostly off by one
-        steps.append(f"{value}{op}{operand}={result}")
+        steps.append(step)
         labels.append(first_error < 0)
-        value = result
     outcome = first_error < 0
     example = PRMExample(problem.question, steps, labels=None if (hide_first_error and not outcome) else labels,
                          outcome=outcome)  # fmt: skip
     return Sample(example, value, first_error)
 
 
-def make_dataset(count: int, seed: int, hidden_fraction: float = 0.0) -> list[Sample]:
+def make_dataset(count: int, seed: int, hidden_fraction: float = 0.0,
+                 mistakes: tuple[str, ...] = ("arithmetic",)) -> list[Sample]:  # fmt: skip
     """`count` trajectories of fresh problems; a `hidden_fraction` of the flawed ones hide z."""
     rng = random.Random(seed)
-    return [sample(make_problem(rng), rng, hide_first_error=rng.random() < hidden_fraction) for _ in range(count)]
+    return [sample(make_problem(rng), rng, hide_first_error=rng.random() < hidden_fraction, mistakes=mistakes)
+            for _ in range(count)]  # fmt: skip
 
 
-def make_groups(problems: int, per_problem: int, seed: int) -> tuple[list[Problem], list[list[Sample]]]:
-    """For Best-of-N: `per_problem` sampled trajectories for each of `problems` problems."""
+def make_groups(problems: int, per_problem: int, seed: int,
+                mistakes: tuple[str, ...] = ("arithmetic",)) -> tuple[list[Problem], list[list[Sample]]]:  # fmt: skip
+    """For Best-of-N: `per_problem` sampled trajectories for each of `problems` problems (each
+    example's `group` is its problem's index)."""
     rng = random.Random(seed)
     chosen = [make_problem(rng) for _ in range(problems)]
-    return chosen, [[sample(problem, rng) for _ in range(per_problem)] for problem in chosen]
+    groups = [[sample(problem, rng, mistakes=mistakes) for _ in range(per_problem)] for problem in chosen]
+    for index, group in enumerate(groups):
+        for candidate in group:
+            candidate.example.group = index
+    return chosen, groups
 
 
 # ---- a model for the task ----------------------------------------------------------------------
