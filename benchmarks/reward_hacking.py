@@ -1,23 +1,27 @@
-"""Does a GRPO policy learn to fool the CRM? CRM reward against verifier accuracy over training.
+"""Does a GRPO policy learn to fool the reward model? Its reward against verifier accuracy over training.
 
-    python -m benchmarks.reward_hacking                # seeds 0 1 2, about 12 minutes on 2 cores
-    python -m benchmarks.reward_hacking --seeds 0 --steps 20
+    python -m benchmarks.reward_hacking                # seeds 0 1 2, about 25 minutes on 2 cores
+    python -m benchmarks.reward_hacking --seeds 0 --steps 20 --variants "log S(T) + verifier"
 
-For each seed one CRM is trained on the synthetic arithmetic task (as python/grpo_crm.py does) and
-a tiny random policy is trained with TRL's GRPOTrainer by running python/grpo_crm.py, the example
-itself, in its own process, under three rewards:
+For each seed a CRM and the three baselines (PRM, ORM, PQM) are trained on the synthetic
+arithmetic task the same way (`arithmetic.trained_model`, as python/grpo_crm.py does), and a tiny
+random policy is trained with TRL's GRPOTrainer by running python/grpo_crm.py, the example
+itself, in its own process, under these rewards:
 
 - "log S(T) + verifier": the CRM's log S(T) plus the outcome verifier, weights 1 and 1 (default);
 - "min-form + verifier": the CRM's lowest step reward min_t log(1 - h_t) (PURE's min-form, score
   "min_reward") plus the verifier;
-- "log S(T) + 5 x verifier": the outcome weighted 5.
+- "log S(T) + 5 x verifier": the outcome weighted 5;
+- "PRM + verifier", "ORM + verifier", "PQM + verifier": the baseline's log-probability that the
+  answer is right (`ConditionalRewardModel.log_outcome_probability`) plus the verifier.
 
-For each run: the CRM reward, the CRM's S(T) (its probability that the answer is right) and the
-verifier's accuracy, in the first and last quarter of training, and the hacking gap, S(T) minus
-accuracy in the last quarter (about 0 for a CRM the policy cannot fool; near 1 when the policy
-writes steps the CRM trusts and the verifier rejects), with a few final completions. Writes
-<out>/reward_hacking.json; --write also stores it as benchmarks/results/reward_hacking.json and
-puts its table in the README (tests/test_grpo_crm.py holds both to it, and reruns seed 0).
+For each run: the reward model's (RM's) reward, its probability that the answer is right (S(T)
+for the CRM) and the verifier's accuracy, in the first and last quarter of training, and the
+hacking gap, that probability minus accuracy in the last quarter (about 0 for an RM the policy
+cannot fool; near 1 when the policy writes steps the RM trusts and the verifier rejects), with a
+few final completions. Writes <out>/reward_hacking.json; --write also stores it as
+benchmarks/results/reward_hacking.json and puts its table in the README
+(tests/test_grpo_crm.py holds both to it, and reruns seed 0 of two rewards).
 """
 
 from __future__ import annotations
@@ -38,17 +42,21 @@ GRPO_EXAMPLE = os.path.join(ROOT, "python", "grpo_crm.py")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "reward_hacking.json")
 README_SECTION = "reward-hacking"  # the README's <!-- reward-hacking:begin/end --> markers
 
+# Each reward: the objective of its reward model, and python/grpo_crm.py's flags.
 VARIANTS = {
-    "log S(T) + verifier": [],
-    "min-form + verifier": ["--crm-score", "min_reward"],
-    "log S(T) + 5 x verifier": ["--verifier-weight", "5"],
+    "log S(T) + verifier": ("crm", []),
+    "min-form + verifier": ("crm", ["--crm-score", "min_reward"]),
+    "log S(T) + 5 x verifier": ("crm", ["--verifier-weight", "5"]),
+    "PRM + verifier": ("prm", []),
+    "ORM + verifier": ("orm", []),
+    "PQM + verifier": ("pqm", []),
 }
 
 
-def train_crm_once(seed: int, crm_steps: int, folder: str) -> str:
-    scorer = arithmetic.trained_scorer(crm_steps, seed)
-    scorer.model.save_pretrained(folder)
-    scorer.tokenizer.save_pretrained(folder)
+def train_rm_once(seed: int, objective: str, crm_steps: int, folder: str) -> str:
+    model, tokenizer = arithmetic.trained_model(crm_steps, seed, objective)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -61,8 +69,8 @@ def run_grpo_example(args: list[str], out: str) -> dict:
 
 def summarize(runs: list[dict]) -> dict:
     """Mean and spread (min, max) over seeds of each figure."""
-    keys = ["crm_reward_first_quarter", "crm_reward_last_quarter", "crm_survival_first_quarter",
-            "crm_survival_last_quarter", "accuracy_first_quarter", "accuracy_last_quarter", "hacking_gap",
+    keys = ["rm_reward_first_quarter", "rm_reward_last_quarter", "rm_probability_first_quarter",
+            "rm_probability_last_quarter", "accuracy_first_quarter", "accuracy_last_quarter", "hacking_gap",
             "steps_written_last_quarter"]  # fmt: skip
     return {key: {"mean": statistics.fmean(run[key] for run in runs), "min": min(run[key] for run in runs),
                   "max": max(run[key] for run in runs)} for key in keys}  # fmt: skip
@@ -78,11 +86,11 @@ def markdown(output: dict) -> str:
 
     lines = [f"{len(output['seeds'])} seeds ({', '.join(map(str, output['seeds']))}), {output['grpo_steps']} GRPO steps each; "
              "mean (min to max) over seeds, last quarter of training:", "",
-             "| reward | CRM reward, first quarter | CRM reward | CRM's S(T) | verifier accuracy | gap S(T) - accuracy | steps written |",
+             "| reward | RM reward, first quarter | RM reward | RM's P(right) (S(T) for CRM) | verifier accuracy | gap P(right) - accuracy | steps written |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, figures in output["summary"].items():
-        lines.append(f"| {name} | {figures['crm_reward_first_quarter']['mean']:.3f} | {cell(figures, 'crm_reward_last_quarter')} | "
-                     f"{cell(figures, 'crm_survival_last_quarter')} | {cell(figures, 'accuracy_last_quarter')} | "
+        lines.append(f"| {name} | {figures['rm_reward_first_quarter']['mean']:.3f} | {cell(figures, 'rm_reward_last_quarter')} | "
+                     f"{cell(figures, 'rm_probability_last_quarter')} | {cell(figures, 'accuracy_last_quarter')} | "
                      f"{cell(figures, 'hacking_gap')} | {figures['steps_written_last_quarter']['mean']:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -98,26 +106,29 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=100, help="GRPO steps per run")
-    parser.add_argument("--crm-steps", type=int, default=200)
+    parser.add_argument("--crm-steps", type=int, default=200, help="training steps of each reward model")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", default="reward_hacking_out")
     parser.add_argument("--write", action="store_true", help="store the results and the README table")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    results = {name: [] for name in VARIANTS}
+    results = {name: [] for name in args.variants}
     for seed in args.seeds:
-        crm = train_crm_once(seed, args.crm_steps, os.path.join(args.out, f"crm_seed{seed}"))
-        for name, flags in VARIANTS.items():
-            report = run_grpo_example(["--crm", crm, "--seed", str(seed), "--steps", str(args.steps), *flags],
-                                      os.path.join(args.out, "grpo"))  # fmt: skip
-            report["hacking_gap"] = report["crm_survival_last_quarter"] - report["accuracy_last_quarter"]
+        models = {objective: train_rm_once(seed, objective, args.crm_steps, os.path.join(args.out, f"{objective}_seed{seed}"))
+                  for objective in dict.fromkeys(VARIANTS[name][0] for name in args.variants)}  # fmt: skip
+        for name in args.variants:
+            objective, flags = VARIANTS[name]
+            report = run_grpo_example(["--crm", models[objective], "--seed", str(seed), "--steps", str(args.steps),
+                                       *flags], os.path.join(args.out, "grpo"))  # fmt: skip
+            report["hacking_gap"] = report["rm_probability_last_quarter"] - report["accuracy_last_quarter"]
             report.pop("history")
             results[name].append({"seed": seed, **report})
     summary = {name: summarize(runs) for name, runs in results.items()}
     print(f"\n{len(args.seeds)} seeds x {args.steps} GRPO steps; mean (min to max) over seeds")
-    print(f"{'reward':<26}{'CRM reward first -> last':>30}{'S(T) last':>20}{'accuracy last':>20}{'gap':>20}")
+    print(f"{'reward':<26}{'RM reward first -> last':>30}{'P(right) last':>20}{'accuracy last':>20}{'gap':>20}")
     for name, figures in summary.items():
-        print(f"{name:<26}{figures['crm_reward_first_quarter']['mean']:>14.3f} -> "
-              f"{cell(figures, 'crm_reward_last_quarter')}  {cell(figures, 'crm_survival_last_quarter')}  "
+        print(f"{name:<26}{figures['rm_reward_first_quarter']['mean']:>14.3f} -> "
+              f"{cell(figures, 'rm_reward_last_quarter')}  {cell(figures, 'rm_probability_last_quarter')}  "
               f"{cell(figures, 'accuracy_last_quarter')}  {cell(figures, 'hacking_gap')}")  # fmt: skip
     output = {"seeds": args.seeds, "grpo_steps": args.steps, "crm_steps": args.crm_steps, "summary": summary,
               "runs": results}  # fmt: skip

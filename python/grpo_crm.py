@@ -1,21 +1,24 @@
-"""GRPO with a CRM reward, through TRL's GRPOTrainer, on a CPU in about a minute.
+"""GRPO with a CRM reward (or a baseline reward model's), through TRL's GRPOTrainer, on a CPU in about a minute.
 
     python python/grpo_crm.py                          # trains a small CRM first, then the policy
     python python/grpo_crm.py --crm train_crm_out/model
+    python python/grpo_crm.py --objective prm          # the reward model a PRM instead (or orm, pqm)
 
-The CRM is the one python/train_crm.py trains on the synthetic arithmetic task
-(`crm_kernels.tasks.arithmetic.trained_scorer`, --crm-steps steps, unless --crm gives a saved one). The policy is a tiny randomly initialized
-Llama over the same vocabulary, asked the task's questions ("Q 3 +4 -2"); every word it writes is
-one step ("3+4=7"), so the step separator is a space. Two rewards, as a process reward is used in
-practice: the CRM's log S(T) (`crm_kernels.integrations.trl.make_grpo_reward_func`) and an
-outcome verifier (is the last step's result the answer?), weighted by --crm-weight and 1.
+The reward model (RM) is trained on the synthetic arithmetic task (`crm_kernels.tasks.arithmetic.
+trained_model`, --crm-steps steps, under --objective) unless --crm gives a saved one (of any
+objective: python/train_crm.py --objective ... saves them). The policy is a tiny randomly
+initialized Llama over the same vocabulary, asked the task's questions ("Q 3 +4 -2"); every word
+it writes is one step ("3+4=7"), so the step separator is a space. Two rewards, as a process
+reward is used in practice: the RM's and an outcome verifier (is the last step's result the
+answer?), weighted by --crm-weight and --verifier-weight. A CRM's reward is its log S(T) (or
+--crm-score; `crm_kernels.integrations.trl.make_grpo_reward_func`); a baseline's is the log of its
+probability that the answer is right (`ConditionalRewardModel.log_outcome_probability`: the sum of
+the step log-sigmoids for PRM, the last step's for ORM, the minimum for PQM).
 
 What it shows is the plumbing and a known property of product-form process rewards, not a trained
 reasoner: log S(T) falls with every step written, so without a floor (--empty-score) the policy
 learns within 100 steps that writing nothing is safest (log S = 0), and with one it learns to
 write fewer steps. A random 2-layer policy does not learn the arithmetic in this budget.
-
-It shows the plumbing, not a trained reasoner: a random 2-layer policy and a few dozen steps.
 """
 
 from __future__ import annotations
@@ -28,15 +31,20 @@ import time
 
 import torch
 
+from crm_kernels import ConditionalRewardModel
+from crm_kernels.data import PRMCollator, PRMExample
 from crm_kernels.integrations import CRMScorer
 from crm_kernels.integrations.trl import make_grpo_reward_func
+from crm_kernels.modeling import OBJECTIVES
 from crm_kernels.tasks import arithmetic
+from crm_kernels.trainer import forward
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--crm", help="a CRM saved by train_crm.py (default: train one here)")
-    parser.add_argument("--crm-steps", type=int, default=200, help="CRM training steps when --crm is not given")
+    parser.add_argument("--crm", help="a reward model saved by train_crm.py, any objective (default: train one here)")
+    parser.add_argument("--objective", default="crm", choices=OBJECTIVES, help="the RM's objective when trained here")
+    parser.add_argument("--crm-steps", type=int, default=200, help="RM training steps when --crm is not given")
     parser.add_argument("--steps", type=int, default=100, help="GRPO optimizer steps")
     parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--num-generations", type=int, default=8, help="completions per prompt (GRPO's group)")
@@ -53,10 +61,43 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_or_train_crm(args) -> CRMScorer:
+def load_or_train_rm(args):
+    """The reward model and its tokenizer: --crm's, or one trained here under --objective."""
     if args.crm:
-        return CRMScorer.from_pretrained(args.crm, step_separator=" ")
-    return arithmetic.trained_scorer(args.crm_steps, args.seed, progress=not args.no_progress)
+        from transformers import AutoTokenizer
+
+        return ConditionalRewardModel.from_pretrained(args.crm).eval(), AutoTokenizer.from_pretrained(args.crm)
+    return arithmetic.trained_model(args.crm_steps, args.seed, args.objective, progress=not args.no_progress)
+
+
+@torch.no_grad()
+def rm_log_probability(model, tokenizer, prompts, completions) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B] the RM's log-probability that each completion's answer is right (each word a step) and
+    [B] its number of steps."""
+    examples = [PRMExample(prompt, completion.split(), outcome=True) for prompt, completion in zip(prompts, completions)]
+    output = forward(model, PRMCollator(tokenizer, arithmetic.STEP_TAG)(examples))
+    return model.log_outcome_probability(output), output.cu_steps.diff()
+
+
+def rm_reward_func(model, tokenizer, args):
+    """The RM's reward in TRL's reward_funcs signature: a CRM's through the library's adapter
+    (`make_grpo_reward_func`, which logs crm/num_steps and crm/survival), a baseline's as its
+    log-probability that the answer is right (logging rm/num_steps and rm/probability)."""
+    if model.objective == "crm":
+        scorer = CRMScorer(model, tokenizer, arithmetic.STEP_TAG, step_separator=" ")
+        return make_grpo_reward_func(scorer, args.crm_score, args.empty_score), "crm/survival", "crm/num_steps"
+
+    def reward_func(prompts, completions, **kwargs) -> list[float]:
+        log_probability, num_steps = rm_log_probability(model, tokenizer, prompts, completions)
+        rewards = log_probability.masked_fill(num_steps == 0, float(args.empty_score))
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric) and len(completions):
+            log_metric("rm/num_steps", float(num_steps.float().mean()))
+            log_metric("rm/probability", float(log_probability.exp().mean()))
+        return rewards.tolist()
+
+    reward_func.__name__ = f"{model.objective}_log_probability"
+    return reward_func, "rm/probability", "rm/num_steps"
 
 
 def tiny_policy(tokenizer, seed: int):
@@ -79,9 +120,10 @@ def answer_correct(prompts, completions, answer, **kwargs) -> list[float]:
     return rewards
 
 
-def final_samples(policy, tokenizer, scorer, rng, args, count: int = 4) -> list[dict]:
-    """What the trained policy writes for new questions (greedy), with the CRM's S(T) and the
-    verifier's verdict: where they disagree, the policy has found steps the CRM trusts wrongly."""
+def final_samples(policy, tokenizer, rm, rm_tokenizer, rng, args, count: int = 4) -> list[dict]:
+    """What the trained policy writes for new questions (greedy), with the RM's probability that
+    the answer is right and the verifier's verdict: where they disagree, the policy has found
+    steps the RM trusts wrongly."""
     problems = [arithmetic.make_problem(rng) for _ in range(count)]
     samples = []
     policy.eval()
@@ -91,10 +133,10 @@ def final_samples(policy, tokenizer, scorer, rng, args, count: int = 4) -> list[
             out = policy.generate(**ids, max_new_tokens=args.max_completion_length, do_sample=False,
                                   pad_token_id=tokenizer.pad_token_id)  # fmt: skip
         completion = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-        scored = scorer.score_responses([problem.question], [completion])
+        log_probability, _ = rm_log_probability(rm, rm_tokenizer, [problem.question], [completion])
         samples.append({"question": problem.question, "completion": completion, "answer": problem.answer,
                         "verifier": answer_correct([problem.question], [completion], [problem.answer])[0],
-                        "crm_survival": float(scored.log_survival_total.exp()[0])})  # fmt: skip
+                        "rm_probability": float(log_probability.exp()[0])})  # fmt: skip
     return samples
 
 
@@ -104,8 +146,9 @@ def main(argv=None) -> dict:
 
     args = parse_args(argv)
     started = time.perf_counter()
-    scorer = load_or_train_crm(args)
-    crm_seconds = time.perf_counter() - started
+    rm, rm_tokenizer = load_or_train_rm(args)
+    rm_reward, probability_key, steps_key = rm_reward_func(rm, rm_tokenizer, args)
+    rm_seconds = time.perf_counter() - started
     tokenizer = arithmetic.build_tokenizer()
     tokenizer.eos_token = "[PAD]"  # the vocabulary has no end token: padding ends a completion
     rng = random.Random(args.seed + 1)
@@ -119,29 +162,31 @@ def main(argv=None) -> dict:
         use_cpu=True, bf16=False, disable_tqdm=args.no_progress,
     )  # fmt: skip
     trainer = GRPOTrainer(model=tiny_policy(tokenizer, args.seed), processing_class=tokenizer, args=config,
-                          reward_funcs=[make_grpo_reward_func(scorer, args.crm_score, args.empty_score), answer_correct],
+                          reward_funcs=[rm_reward, answer_correct],
                           train_dataset=dataset)  # fmt: skip
     trainer.train()
-    crm_key = f"rewards/crm_{args.crm_score}/mean"
-    history = [entry for entry in trainer.state.log_history if crm_key in entry]
+    reward_key = f"rewards/{rm_reward.__name__}/mean"
+    history = [entry for entry in trainer.state.log_history if reward_key in entry]
     quarter = max(1, len(history) // 4)
 
     def mean(key, entries):
         return sum(entry[key] for entry in entries) / len(entries)
 
-    report = {"crm_seconds": crm_seconds, "grpo_seconds": time.perf_counter() - started - crm_seconds,
+    report = {"rm_seconds": rm_seconds, "grpo_seconds": time.perf_counter() - started - rm_seconds,
               "steps": len(history), "history": history}  # fmt: skip
-    for key, name in ((crm_key, "crm_reward"), ("rewards/answer_correct/mean", "accuracy"),
-                      ("crm/survival", "crm_survival"), ("crm/num_steps", "steps_written")):  # fmt: skip
+    for key, name in ((reward_key, "rm_reward"), ("rewards/answer_correct/mean", "accuracy"),
+                      (probability_key, "rm_probability"), (steps_key, "steps_written")):  # fmt: skip
         if history and key in history[0]:
             report[f"{name}_first_quarter"] = mean(key, history[:quarter])
             report[f"{name}_last_quarter"] = mean(key, history[-quarter:])
-    report["samples"] = final_samples(trainer.model, tokenizer, scorer, rng, args)
+    report["objective"] = rm.objective
+    report["samples"] = final_samples(trainer.model, tokenizer, rm, rm_tokenizer, rng, args)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
-    print(f"CRM ready in {crm_seconds:.1f} s; GRPO {report['steps']} steps in {report['grpo_seconds']:.1f} s")
-    for name in ("crm_reward", "crm_survival", "steps_written", "accuracy"):
+    print(f"{rm.objective.upper()} ready in {rm_seconds:.1f} s; GRPO {report['steps']} steps in "
+          f"{report['grpo_seconds']:.1f} s")  # fmt: skip
+    for name in ("rm_reward", "rm_probability", "steps_written", "accuracy"):
         if f"{name}_first_quarter" in report:
             print(f"  {name:>17}: first quarter {report[f'{name}_first_quarter']:.3f}, "
                   f"last quarter {report[f'{name}_last_quarter']:.3f}")  # fmt: skip

@@ -219,6 +219,18 @@ def test_every_objective_trains_the_same_head(objective, tmp_path, seed):
     how = {"crm": "log_survival", "prm": "product", "orm": "last", "pqm": "min"}[objective]
     values = logits if objective == "crm" else logits.sigmoid()
     torch.testing.assert_close(model.ranking_score(output), scoring.aggregate(values, cu_steps, how))
+    # The RL reward: the log of the same probability, in float64 by a loop; finite where it underflows.
+    log_sigmoid = torch.nn.functional.logsigmoid(logits.double())
+    per_row = [log_sigmoid[a:b] for a, b in zip(cu_steps[:-1].tolist(), cu_steps[1:].tolist())]
+    reduce = {"crm": None, "prm": torch.sum, "orm": lambda v: v[-1], "pqm": torch.min}[objective]
+    expected_log = (output.score.double() if objective == "crm" else
+                    torch.stack([reduce(values_of_row) for values_of_row in per_row]))  # fmt: skip
+    torch.testing.assert_close(model.log_outcome_probability(output).double(), expected_log, rtol=1e-5, atol=1e-5)
+    extreme = type(output)(hazard_logits=torch.full_like(logits, -200.0), cu_steps=cu_steps,
+                           score=output.score)  # fmt: skip
+    if objective != "crm":
+        assert model.ranking_score(extreme).max() == 0  # the probability underflows ...
+        assert model.log_outcome_probability(extreme).isfinite().all()  # ... its log does not
 
     model.save_pretrained(tmp_path)
     assert ConditionalRewardModel.from_pretrained(str(tmp_path)).objective == objective

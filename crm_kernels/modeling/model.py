@@ -14,7 +14,8 @@ from transformers.utils import ModelOutput
 
 from .. import ops, scoring
 from ..data import hard_step_labels
-from ..segment import segment_ids, segment_last
+from .._numerics import softplus
+from ..segment import segment_ids, segment_last, segment_min, segment_sum
 from ..step_tags import find_step_ends, find_step_ends_packed
 from .causal import sees_later_tokens, text_config
 from .heads import HEADS, TokenHead, ValueHead
@@ -205,6 +206,22 @@ class ConditionalRewardModel(nn.Module):
             return output.score
         probabilities = output.hazard_logits.float().sigmoid()
         return scoring.aggregate(probabilities, output.cu_steps, RANKED_BY[self.objective], validate=False)
+
+    def log_outcome_probability(self, output: CRMOutput) -> Tensor:
+        """[B] the log of this objective's probability that the trajectory's answer is right (0 for a
+        row without steps): log S(T) for CRM; for the baselines the log of `ranking_score`'s
+        aggregation of the step sigmoids, taken in log space (log sigmoid(x) = -softplus(-x), finite
+        where the sigmoid underflows): the sum over steps for PRM, the last step for ORM, the minimum
+        for PQM. It orders trajectories as `ranking_score` does; an RL reward takes it
+        (python/grpo_crm.py)."""
+        if self.objective == "crm":
+            return output.score
+        log_sigmoid = -softplus(-output.hazard_logits.float())
+        how = RANKED_BY[self.objective]
+        if how == "product":
+            return segment_sum(log_sigmoid, output.cu_steps, validate=False)
+        reduce = segment_last if how == "last" else segment_min
+        return reduce(log_sigmoid, output.cu_steps, empty=0.0, validate=False)
 
     def first_error(self, output: CRMOutput) -> Tensor:
         """[B] int64 the step this objective places each trajectory's first mistake at (0-based,

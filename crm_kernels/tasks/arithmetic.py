@@ -174,17 +174,26 @@ def small_model(tokenizer, seed: int, objective: str = "crm"):
     return ConditionalRewardModel(backbone, data.step_token_id(tokenizer, STEP_TAG), objective=objective)
 
 
-def trained_scorer(steps: int = 200, seed: int = 0, progress: bool = False, batch_size: int = 64):
-    """A CRMScorer over `small_model` trained for `steps` batches of this task's trajectories
-    (about 20 s on a 2-core CPU at 200 steps). Responses are scored one word per step, so the
-    step separator is a space."""
+def trained_model(steps: int = 200, seed: int = 0, objective: str = "crm", progress: bool = False,
+                  batch_size: int = 64):  # fmt: skip
+    """`small_model` under `objective`, trained for `steps` batches of this task's trajectories
+    (every first wrong step given; about 20 s on a 2-core CPU at 200 steps) with the examples'
+    loop (`crm_kernels.trainer.train`); the model in eval mode and its tokenizer."""
     from ..data import PRMCollator
-    from ..integrations import CRMScorer
     from ..trainer import train
 
     tokenizer = build_tokenizer()
-    model = small_model(tokenizer, seed)
+    model = small_model(tokenizer, seed, objective)
     examples = [s.example for s in make_dataset(steps * batch_size, seed)]
     train(model, PRMCollator(tokenizer, STEP_TAG), examples, steps=steps, batch_size=batch_size, lr=2e-3, seed=seed,
           device="cpu", progress=progress)  # fmt: skip
-    return CRMScorer(model.eval(), tokenizer, STEP_TAG, step_separator=" ")
+    return model.eval(), tokenizer
+
+
+def trained_scorer(steps: int = 200, seed: int = 0, progress: bool = False, batch_size: int = 64):
+    """A CRMScorer over `trained_model`'s CRM. Responses are scored one word per step, so the
+    step separator is a space."""
+    from ..integrations import CRMScorer
+
+    model, tokenizer = trained_model(steps, seed, "crm", progress, batch_size)
+    return CRMScorer(model, tokenizer, STEP_TAG, step_separator=" ")
