@@ -2,9 +2,9 @@
 (`transformers.Trainer` for any objective, padded or padding-free batches, the loss normalized
 over the whole optimizer step; crm_kernels/_hf_trainer.py), loaded on first use.
 
-`train` is the loop the examples (python/train_crm.py, python/grpo_crm.py) and the task helpers
-(`crm_kernels.tasks`) share: AdamW with a one-cycle schedule, gradient clipping at 1, shuffled
-passes over the examples. It needs nothing beyond torch and a collator (`crm_kernels.data`).
+`train` is the loop of the task helper `crm_kernels.tasks.arithmetic.trained_model` (which
+python/grpo_crm.py and python/rl_rewards_demo.py use): AdamW with a one-cycle schedule, gradient
+clipping at 1, shuffled passes over the examples. It needs nothing beyond torch and a collator (`crm_kernels.data`).
 """
 
 from __future__ import annotations
