@@ -83,8 +83,8 @@ def best_of_n(scores: Tensor, correct: Tensor, cu_groups: Tensor) -> dict:
     if bool((sizes == 0).any()):
         raise ValueError(f"cu_groups must hold non-empty groups, group {int((sizes == 0).nonzero()[0, 0])} is empty")
     correct = correct.double()
-    owner = torch.repeat_interleave(torch.arange(sizes.numel()), sizes.long())
-    per_group = torch.zeros(sizes.numel(), dtype=torch.float64).index_add_(0, owner, correct)
+    owner = torch.repeat_interleave(torch.arange(sizes.numel(), device=scores.device), sizes.long())
+    per_group = torch.zeros(sizes.numel(), dtype=torch.float64, device=scores.device).index_add_(0, owner, correct)
     chosen = scoring.best_of_n(scores, cu_groups, validate=False)
     return {"best_of_n": correct[chosen].mean().item(), "random": (per_group / sizes).mean().item(),
             "oracle": (per_group > 0).double().mean().item()}  # fmt: skip
@@ -103,7 +103,7 @@ def best_of_n_curve(scores: Tensor, correct: Tensor, sizes: Sequence[int], answe
         raise ValueError(f"sizes must be ints in [1, {candidates}] (candidates per prompt), got {list(sizes)}")
     curve = {}
     for n in sizes:
-        cu_groups = torch.arange(prompts + 1) * n
+        cu_groups = torch.arange(prompts + 1, device=scores.device) * n
         curve[n] = best_of_n(scores[:, :n].reshape(-1), correct[:, :n].reshape(-1), cu_groups)
         if answers is not None:
             chosen = answers[:, :n].long()
@@ -111,7 +111,8 @@ def best_of_n_curve(scores: Tensor, correct: Tensor, sizes: Sequence[int], answe
             votes = (chosen[:, :, None] == values).sum(1)  # [P, distinct answers]
             majority = values[votes.argmax(1)]  # argmax takes the first: the smallest answer
             first_of_majority = (chosen == majority[:, None]).double().argmax(1)
-            curve[n]["majority_vote"] = correct[torch.arange(prompts), first_of_majority].double().mean().item()
+            rows = torch.arange(prompts, device=scores.device)
+            curve[n]["majority_vote"] = correct[rows, first_of_majority].double().mean().item()
     return curve
 
 

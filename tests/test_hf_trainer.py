@@ -19,7 +19,7 @@ import torch._dynamo  # noqa: F401, E402
 
 pytest.importorskip("transformers")
 
-from crm_kernels import ConditionalRewardModel, evaluation  # noqa: E402
+from crm_kernels import ConditionalRewardModel, data, evaluation  # noqa: E402
 from crm_kernels.data import PRMCollator  # noqa: E402
 from crm_kernels.tasks import arithmetic  # noqa: E402
 from crm_kernels.trainer import CRMTrainer, CRMTrainingArguments  # noqa: E402
@@ -82,6 +82,21 @@ def test_accumulated_step_is_the_whole_batch_mean(objective, tmp_path):
 def test_padding_free_batches_train_the_same(objective, tmp_path):
     gradients, _, _ = whole_batch_gradient(objective)
     assert_same(one_step(objective, tmp_path, padding_free=True)[0], gradients)
+
+
+def test_trl_and_math_shepherd_records_train_as_examples(tmp_path):
+    """The Trainer takes TRL stepwise-supervision and Math-Shepherd records as they come: one step
+    on them moves the model as the same trajectories given as PRMExamples do."""
+    trl = [{"prompt": e.prompt, "completions": e.steps, "labels": e.labels} for e in EXAMPLES]
+    shepherd = [{"input": " ".join([e.prompt] + [f"{step} ки" for step in e.steps]),
+                 "label": " ".join([e.prompt] + [f"{step} {'+' if right else '-'}" for step, right in zip(e.steps, e.labels)])}
+                for e in EXAMPLES]  # fmt: skip
+    assert_same(one_step("crm", tmp_path / "trl", examples=trl)[0], one_step("crm", tmp_path / "examples")[0])
+    # Without a "Step 1:" marker Math-Shepherd's question is part of its first step.
+    converted = [data.to_example(record) for record in shepherd]
+    assert [example.labels for example in converted] == [e.labels for e in EXAMPLES]
+    assert_same(one_step("crm", tmp_path / "shepherd", examples=shepherd)[0],
+                one_step("crm", tmp_path / "converted", examples=converted)[0])  # fmt: skip
 
 
 # Best-of-N groups: 4 problems of the hard task, 5 candidates each (20 records, batches of 6 leave a

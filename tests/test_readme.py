@@ -108,5 +108,9 @@ def test_every_python_block_runs_in_order(hub_substitution, tmp_path, monkeypatc
     # What the blocks promise, checked on what they computed.
     assert namespace["loss"].ndim == 0 and torch.isfinite(namespace["loss"])
     assert torch.isfinite(namespace["step_loss"])
+    metrics = namespace["metrics"]  # CRMTrainer.evaluate over 20 groups of 8 candidates
+    assert metrics["eval_flawed_with_known_first_error"] > 0 and metrics["eval_loss"] > 0
+    assert 0 <= metrics["eval_best_of_n_random"] <= metrics["eval_best_of_n_oracle"] <= 1
+    assert 0 <= metrics["eval_localization_accuracy"] <= 1
     expected = namespace["scorer"].score_responses(namespace["experience"].prompts, ["3 * 4 = 12\n\n2 + 12 = 14"])
     torch.testing.assert_close(namespace["rewards"].sum(), expected.log_survival_total.sum(), rtol=1e-5, atol=1e-6)
