@@ -53,8 +53,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "compare_objectives_{task}.json")
 PLOT = os.path.join(ROOT, "benchmarks", "results", "compare_objectives_{task}.png")
 README_SECTION = "compare-objectives-{task}"  # the README's <!-- compare-objectives-<task>:begin/end --> markers
-# The task's variants: its mistakes (crm_kernels/tasks/arithmetic.py)
-TASKS = {"hard": arithmetic.HARD, "arithmetic": ("arithmetic",)}
+TASKS = train_crm.TASKS  # the task's variants: the mistakes each has (crm_kernels/tasks/arithmetic.py)
 OBJECTIVES = ("orm", "prm", "pqm", "crm")  # the paper's table order, CRM last
 NAMES = {"orm": "ORM", "prm": "PRM (Math-Shepherd BCE)", "pqm": "PQM (Q-value ranking)", "crm": "CRM"}
 
