@@ -1,6 +1,6 @@
 """CRM against the paper's baselines (PRM, ORM, PQM) on the embedded task: same backbone, data and budget.
 
-    python python/compare_objectives.py                           # 4 objectives x 5 seeds, ~5 min on 2 cores
+    python python/compare_objectives.py                           # 4 objectives x 10 seeds, ~5 min on 2 cores
     python python/compare_objectives.py --task hard --steps 600 --seeds 0 1 2   # ~8 min
     python python/compare_objectives.py --seeds 0 --steps 30 --out /tmp/compare  # a quick look
     python python/compare_objectives.py --write                   # also store the results and the README table
@@ -63,7 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--task", default="arithmetic", choices=TASKS,
                         help="hard: all three kinds of mistake; arithmetic: slips in a step's own sum only (the default task)")
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per model")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -180,7 +180,7 @@ def cell(figure: dict) -> str:
 
 def markdown(output: dict) -> str:
     """The README table, shaped like the paper's Best-of-N table: accuracy in %, mean (min-max)
-    over seeds."""
+    over seeds; then on how many seeds CRM beats each baseline."""
     sizes = [str(n) for n in output["best_of"]]
     summary = output["summary"]
     reference = summary[output["objectives"][0]]  # the baselines' rows do not depend on the verifier
@@ -198,7 +198,24 @@ def markdown(output: dict) -> str:
         lines.append(f"| {NAMES[objective]} | " + " | ".join(cell(figures["best_of_n"][n]) for n in sizes)
                      + f" | {cell(figures['beam_search'])} | {cell(figures['localization_accuracy'])} |")  # fmt: skip
     lines.append("| oracle (any right) | " + " | ".join(cell(reference["oracle"][n]) for n in sizes) + " | | |")
+    if "crm" in output["objectives"]:  # paired by seed: the same data and initialization
+        for other in (objective for objective in output["objectives"] if objective != "crm"):
+            columns = [("best_of_n", n) for n in sizes] + [("beam_search", None), ("localization_accuracy", None)]
+            lines.append(f"| CRM ahead of {other.upper()}, seeds | "
+                         + " | ".join(paired_wins(output["runs"], other, column) for column in columns) + " |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def paired_wins(runs: dict, other: str, column: tuple) -> str:
+    """On how many seeds CRM's figure beats `other`'s (and ties it), seed by seed."""
+    key, n = column
+
+    def figure(run):
+        return run["best_of_n"][n]["best_of_n"] if n else run[key]
+
+    pairs = [(figure(crm), figure(run)) for crm, run in zip(runs["crm"], runs[other], strict=True)]
+    ahead, tied = sum(a > b for a, b in pairs), sum(a == b for a, b in pairs)
+    return f"{ahead} of {len(pairs)}" + (f" ({tied} tied)" if tied else "")
 
 
 def plot(output: dict, path: str) -> None:
