@@ -85,9 +85,21 @@ def pytest_report_header(config):
     return f"crm_kernels: CRM_TEST_SEED={BASE_SEED}, backends on cpu: {crm_kernels.available_backends('cpu')}"
 
 
-@pytest.fixture
-def seed(request):
-    """A seed per test and parameter set, derived from the run's base seed."""
+def _node_seed(request) -> int:
     import zlib
 
     return (zlib.crc32(request.node.nodeid.encode()) ^ BASE_SEED) & 0x7FFFFFFF
+
+
+@pytest.fixture
+def seed(request):
+    """A seed per test and parameter set, derived from the run's base seed."""
+    return _node_seed(request)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_generator(request):
+    """torch's global generator seeded per test from the run's base seed, so that a draw without
+    a generator (an upstream gradient, say) replays under CRM_TEST_SEED wherever the test runs and
+    whatever ran before it on that worker."""
+    torch.manual_seed(_node_seed(request) ^ 0x5EED)
