@@ -48,7 +48,13 @@ def test_small_comparison_runs_every_objective(tmp_path):
         assert summary["min"] <= summary["mean"] <= summary["max"]
     assert (tmp_path / "compare_objectives_hard.json").exists() and (tmp_path / "compare_objectives_hard.png").exists()
     table = compare_objectives.markdown(output)
-    assert table.count("\n| ") == 8 and "Best-of-8" in table  # header, random, majority, 4 objectives, oracle
+    # header, random, majority vote, 4 objectives, oracle, then CRM's seed-by-seed wins over each baseline
+    assert table.count("\n| ") == 11 and "Best-of-8" in table
+    wins = [line for line in table.splitlines() if line.startswith("| CRM ahead of ")]
+    assert [line.split(",")[0] for line in wins] == ["| CRM ahead of ORM", "| CRM ahead of PRM", "| CRM ahead of PQM"]
+    for line in wins:
+        cells = [cell.strip() for cell in line.strip("|").split("|")[1:]]
+        assert len(cells) == 4 and all(cell.split(" of ")[1].startswith("2") for cell in cells)  # 2 seeds each
 
 
 def test_readme_reading_of_the_results_holds():
