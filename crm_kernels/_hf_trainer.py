@@ -18,6 +18,7 @@ import transformers
 from . import evaluation
 from .modeling import ConditionalRewardModel
 from .segment import segment_sum
+from .step_tags import cu_steps_from_lengths
 from .trainer import forward
 
 
@@ -105,8 +106,7 @@ class CRMTrainer(transformers.Trainer):
                                                columns["step_counts"]))  # fmt: skip
         if "group" in columns:
             order = torch.sort(columns["group"], stable=True).indices
-            sizes = torch.unique_consecutive(columns["group"][order], return_counts=True)[1]
-            cu_groups = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+            cu_groups = cu_steps_from_lengths(torch.unique_consecutive(columns["group"][order], return_counts=True)[1])
             best = evaluation.best_of_n(columns["ranking_score"][order], columns["outcome"][order], cu_groups)
             metrics.update({f"best_of_n_{key}": value for key, value in best.items()})
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}

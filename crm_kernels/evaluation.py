@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import scoring
 from ._validate import check_segments
+from .segment import segment_sum
 from .trainer import forward, to_device
 
 
@@ -83,8 +84,7 @@ def best_of_n(scores: Tensor, correct: Tensor, cu_groups: Tensor) -> dict:
     if bool((sizes == 0).any()):
         raise ValueError(f"cu_groups must hold non-empty groups, group {int((sizes == 0).nonzero()[0, 0])} is empty")
     correct = correct.double()
-    owner = torch.repeat_interleave(torch.arange(sizes.numel(), device=scores.device), sizes.long())
-    per_group = torch.zeros(sizes.numel(), dtype=torch.float64, device=scores.device).index_add_(0, owner, correct)
+    per_group = segment_sum(correct, cu_groups, validate=False)
     chosen = scoring.best_of_n(scores, cu_groups, validate=False)
     return {"best_of_n": correct[chosen].mean().item(), "random": (per_group / sizes).mean().item(),
             "oracle": (per_group > 0).double().mean().item()}  # fmt: skip

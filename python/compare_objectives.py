@@ -96,15 +96,6 @@ def train(objective: str, tokenizer, examples: list, args, seed: int):
 # Evaluation
 
 
-def best_of_n(model, collator, groups: list, sizes) -> dict:
-    flat = [s for group in groups for s in group]
-    predictions = evaluation.predict(model, collator, [s.example for s in flat])
-    shape = (len(groups), len(groups[0]))
-    answers = torch.tensor([s.answer for s in flat]).view(shape)
-    return evaluation.best_of_n_curve(predictions.ranking_score.view(shape), predictions.outcome.view(shape), sizes,
-                                      answers)  # fmt: skip
-
-
 @torch.no_grad()
 def beam_search(model, collator, problems: list, width: int, expansions: int, seed: int, mistakes) -> dict:
     """Step-level beam search with the task's sampler as the policy: each beam draws `expansions`
@@ -142,7 +133,8 @@ def evaluate(model, tokenizer, held_out: dict, args, seed: int) -> dict:
     predictions = evaluation.predict(model, collator, [s.example for s in trajectories])
     report = evaluation.localization(predictions.first_error_predicted, predictions.first_error,
                                      predictions.step_counts)  # fmt: skip
-    report["best_of_n"] = best_of_n(model, collator, held_out["groups"], args.best_of)
+    report["best_of_n"] = train_crm.best_of_n(model, tokenizer, arithmetic.STEP_TAG, held_out["groups"], args.best_of,
+                                              "cpu")  # fmt: skip
     report.update(beam_search(model, collator, held_out["problems"], args.beam_width, args.expansions, seed + 4,
                               TASKS[args.task]))  # fmt: skip
     return report
@@ -278,7 +270,6 @@ def main(argv=None) -> dict:
             started = time.perf_counter()
             model, losses = train(objective, tokenizer, examples, args, seed)
             report = evaluate(model, tokenizer, held_out, args, seed)
-            report["best_of_n"] = {str(n): row for n, row in report["best_of_n"].items()}
             runs[objective].append({"seed": seed, **report, "losses": losses,
                                     "seconds": time.perf_counter() - started})  # fmt: skip
             print(f"seed {seed} {objective}: localization {report['localization_accuracy']:.3f}, Best-of-"
